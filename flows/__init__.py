@@ -1,0 +1,18 @@
+"""Sweeps: the Tuner, search spaces, and results."""
+
+from prefect_tune.flows.config import TuneConfig
+from prefect_tune.flows.results import Result, ResultGrid
+from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
+from prefect_tune.flows.tuner import Tuner
+
+__all__ = [
+    "Result",
+    "ResultGrid",
+    "TuneConfig",
+    "Tuner",
+    "choice",
+    "grid_search",
+    "loguniform",
+    "randint",
+    "uniform",
+]

@@ -1,0 +1,45 @@
+"""`TuneConfig`: how a sweep searches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prefect_tune.storage import ConfigError
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """How many trials to run, how to rank them, how many at once.
+
+    Args:
+        metric: Metric that ranks trials ("a/b" for nested); needs `mode`.
+        mode: "min" or "max"; needs `metric`.
+        num_samples: How often the search space is sampled; repeats the whole grid.
+        max_concurrent_trials: Trials running at once; default: the CPU count.
+        seed: Makes sampling reproducible.
+    """
+
+    metric: str | None = None
+    mode: Literal["min", "max"] | None = None
+    num_samples: int = 1
+    max_concurrent_trials: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in (None, "min", "max"):
+            raise ConfigError(f'mode={self.mode!r} is invalid: use "min" or "max"')
+        if (self.metric is None) != (self.mode is None):
+            raise ConfigError(
+                f"metric={self.metric!r} and mode={self.mode!r}: set both or neither"
+            )
+        for name, value, minimum in (
+            ("num_samples", self.num_samples, 1),
+            ("max_concurrent_trials", self.max_concurrent_trials, 1),
+        ):
+            if value is None and name == "max_concurrent_trials":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{name}={value!r} is invalid: use an integer >= {minimum}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise ConfigError(f"seed={self.seed!r} is invalid: use an integer")

@@ -1,0 +1,211 @@
+"""Search spaces: domains, validation and sampling; pure functions, no I/O.
+
+Grid axes multiply; `num_samples` repeats the whole grid, sampling the random domains
+afresh each time (Ray's semantics). Every value must be plain JSON data, since each
+trial's config is stored in its params.json.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_tune.storage import ConfigError
+
+
+@dataclass(frozen=True)
+class Domain:
+    """A parameter drawn by the search."""
+
+    def sample(self, rng: random.Random) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class GridSearch(Domain):
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Choice(Domain):
+    values: tuple[Any, ...]
+
+    def sample(self, rng: random.Random) -> Any:
+        return self.values[rng.randrange(len(self.values))]
+
+
+@dataclass(frozen=True)
+class Uniform(Domain):
+    lower: float
+    upper: float
+
+    def sample(self, rng: random.Random) -> float:
+        return rng.uniform(self.lower, self.upper)
+
+
+@dataclass(frozen=True)
+class LogUniform(Domain):
+    lower: float
+    upper: float
+
+    def sample(self, rng: random.Random) -> float:
+        return math.exp(rng.uniform(math.log(self.lower), math.log(self.upper)))
+
+
+@dataclass(frozen=True)
+class RandInt(Domain):
+    lower: int
+    upper: int
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randrange(self.lower, self.upper)
+
+
+def _values(kind: str, values: Sequence[Any]) -> tuple[Any, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ConfigError(f"{kind}({values!r}) needs a non-empty list of values")
+    for value in values:
+        _check_plain(value, f"{kind} value")
+    return tuple(values)
+
+
+def _bounds(kind: str, lower: float, upper: float, *, positive: bool = False) -> None:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lower, upper))
+    if not numbers or not lower < upper or (positive and lower <= 0):
+        need = "0 < lower < upper" if positive else "lower < upper"
+        raise ConfigError(f"{kind}({lower!r}, {upper!r}) is invalid: need numbers with {need}")
+
+
+def grid_search(values: Sequence[Any]) -> GridSearch:
+    """Try every value; several grid axes multiply."""
+    return GridSearch(_values("grid_search", values))
+
+
+def choice(values: Sequence[Any]) -> Choice:
+    """One of `values`, uniformly at random."""
+    return Choice(_values("choice", values))
+
+
+def uniform(lower: float, upper: float) -> Uniform:
+    """A float uniformly in [lower, upper)."""
+    _bounds("uniform", lower, upper)
+    return Uniform(float(lower), float(upper))
+
+
+def loguniform(lower: float, upper: float) -> LogUniform:
+    """A float whose logarithm is uniform in [log(lower), log(upper))."""
+    _bounds("loguniform", lower, upper, positive=True)
+    return LogUniform(float(lower), float(upper))
+
+
+def randint(lower: int, upper: int) -> RandInt:
+    """An integer in [lower, upper): `upper` is excluded, as in Ray and `range`."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lower, upper)):
+        raise ConfigError(f"randint({lower!r}, {upper!r}) needs integers")
+    _bounds("randint", lower, upper)
+    return RandInt(lower, upper)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{where}: key {key!r} is not a string")
+            _check_plain(item, f"{where}/{key}")
+        return
+    raise ConfigError(
+        f"param_space {where!r}: {type(value).__name__} object {value!r} is not supported; use "
+        "numbers, strings, bools, None, lists, dicts, or grid_search/choice/uniform/"
+        "loguniform/randint"
+    )
+
+
+def validate_space(space: Mapping[str, Any], where: str = "") -> None:
+    """Raise ConfigError naming the first value that is neither plain data nor a Domain."""
+    if not isinstance(space, Mapping):
+        raise ConfigError(f"param_space must be a dict, got {type(space).__name__}")
+    for key, value in space.items():
+        path = f"{where}/{key}" if where else str(key)
+        if not isinstance(key, str):
+            raise ConfigError(f"param_space key {key!r} is not a string")
+        if isinstance(value, Domain):
+            continue
+        if isinstance(value, Mapping):
+            validate_space(value, path)
+        else:
+            _check_plain(value, path)
+
+
+def _grid_axes(space: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    axes = []
+    for key, value in space.items():
+        if isinstance(value, GridSearch):
+            axes.append((*prefix, key))
+        elif isinstance(value, Mapping):
+            axes.extend(_grid_axes(value, (*prefix, key)))
+    return axes
+
+
+def _resolve(
+    space: Mapping[str, Any], grid: Mapping[tuple[str, ...], Any], rng: random.Random,
+    prefix: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for key, value in space.items():
+        path = (*prefix, key)
+        if isinstance(value, GridSearch):
+            config[key] = grid[path]
+        elif isinstance(value, Domain):
+            config[key] = value.sample(rng)
+        elif isinstance(value, Mapping):
+            config[key] = _resolve(value, grid, rng, path)
+        else:
+            config[key] = value
+    return config
+
+
+def generate_configs(
+    space: Mapping[str, Any], num_samples: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """num_samples x (product of grid axes) configs, sample-major, in a stable order."""
+    axes = _grid_axes(space)
+    domains = [_lookup(space, axis).values for axis in axes]
+    configs = []
+    for _ in range(num_samples):
+        for combination in itertools.product(*domains):
+            configs.append(_resolve(space, dict(zip(axes, combination, strict=True)), rng))
+    return configs
+
+
+def _lookup(space: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = space
+    for key in path:
+        value = value[key]
+    return value
+
+
+def space_to_json(space: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON form of a space: {"lr": {"loguniform": [1e-4, 0.1]}, "layers": 2, ...}."""
+    names = {GridSearch: "grid_search", Choice: "choice", Uniform: "uniform",
+             LogUniform: "loguniform", RandInt: "randint"}
+    out: dict[str, Any] = {}
+    for key, value in space.items():
+        if isinstance(value, (GridSearch, Choice)):
+            out[key] = {names[type(value)]: list(value.values)}
+        elif isinstance(value, (Uniform, LogUniform, RandInt)):
+            out[key] = {names[type(value)]: [value.lower, value.upper]}
+        elif isinstance(value, Mapping):
+            out[key] = space_to_json(value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,91 @@
+"""The Prefect storage block, and turning any supported block into a `Storage`.
+
+This is the only module of `prefect_tune.storage` that imports Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from prefect.types import SecretDict
+from pydantic import Field
+
+from prefect_tune.storage.errors import ConfigError
+from prefect_tune.storage.filesystem import Storage, resolve_storage
+
+
+class PrefectTuneStorage(WritableFileSystem):
+    """Where prefect-tune experiments live: a path or fsspec URL plus secret options.
+
+    Register with `prefect block register -m prefect_tune.storage`. The options (keys,
+    tokens, endpoints) are a secret field: shown masked in the UI and never written to
+    logs or experiment files. Doubles as Prefect result storage.
+    """
+
+    _block_type_name = "Prefect Tune Storage"
+    _block_type_slug = "prefect-tune-storage"
+    _description = "Experiment storage for prefect-tune: a local path, NFS mount, s3:// or gs:// URL."
+    _documentation_url = "https://pypi.org/project/prefect-tune/"
+
+    url: str = Field(
+        default=...,
+        description="Local path, NFS mount or fsspec URL, e.g. s3://bucket/sweeps.",
+    )
+    storage_options: SecretDict = Field(
+        default_factory=lambda: SecretDict({}),
+        description="fsspec options such as key, secret, token, endpoint_url (kept secret).",
+    )
+
+    def storage(self) -> Storage:
+        """The resolved storage; credentials stay inside the filesystem object."""
+        return resolve_storage(self.url, self.storage_options.get_secret_value())
+
+    def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
+        """Read `path`, relative to `url`; `_sync` is passed by Prefect's result store."""
+        storage = self.storage()
+        return storage.read_bytes(storage.join(path))
+
+    def write_path(  # type: ignore[override]
+        self, path: str, content: bytes, _sync: bool | None = None
+    ) -> str:
+        """Atomically write `path`, relative to `url`, and return its full path."""
+        storage = self.storage()
+        target = storage.join(path)
+        if storage.is_local:
+            storage.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        storage.write_bytes(target, content)
+        return target
+
+
+def storage_from_block(block: Any) -> Storage:
+    """Resolve a saved block name ("slug/name") or a block instance to a Storage.
+
+    Supported: PrefectTuneStorage, Prefect's RemoteFileSystem and LocalFileSystem.
+    """
+    if isinstance(block, str):
+        if "/" not in block:
+            raise ConfigError(
+                f"storage_block={block!r} is not a block reference: use 'slug/name', e.g. "
+                f"'prefect-tune-storage/{block}'"
+            )
+        try:
+            block = Block.load(block)
+        except ValueError as exc:
+            raise ConfigError(
+                f"storage_block={block!r} could not be loaded ({exc}); create it first, in "
+                "the UI or with PrefectTuneStorage(url=...).save(name)"
+            ) from exc
+    if isinstance(block, PrefectTuneStorage):
+        return block.storage()
+    if isinstance(block, RemoteFileSystem):
+        return resolve_storage(block.basepath, block.settings)
+    if isinstance(block, LocalFileSystem):
+        if not block.basepath:
+            raise ConfigError("storage_block is a LocalFileSystem without basepath; set one")
+        return resolve_storage(block.basepath)
+    raise ConfigError(
+        f"storage_block of type {type(block).__name__} is not supported: use "
+        "PrefectTuneStorage, RemoteFileSystem or LocalFileSystem"
+    )

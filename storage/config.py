@@ -1,0 +1,139 @@
+"""Run, checkpoint and failure configuration: frozen, validated on construction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prefect_tune.storage.errors import ConfigError
+
+DEFAULT_STORAGE_PATH = "~/prefect_tune_results"
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is invalid: use an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Which checkpoints a trial keeps.
+
+    Args:
+        num_to_keep: None keeps every checkpoint; 0 persists none (metrics are still
+            recorded); N >= 1 keeps the best N by score (newest N without a score
+            attribute), plus the latest, which is never deleted.
+        checkpoint_score_attribute: Metric that ranks checkpoints; nested as "a/b".
+        checkpoint_score_order: "max" or "min".
+        checkpoint_frequency: Save every k iterations (class trainables only).
+        checkpoint_at_end: Save when the trial ends (class trainables only).
+    """
+
+    num_to_keep: int | None = None
+    checkpoint_score_attribute: str | None = None
+    checkpoint_score_order: Literal["min", "max"] = "max"
+    checkpoint_frequency: int = 0
+    checkpoint_at_end: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_to_keep is not None:
+            _check_int("num_to_keep", self.num_to_keep, 0)
+        if self.checkpoint_score_order not in ("min", "max"):
+            raise ConfigError(
+                f"checkpoint_score_order={self.checkpoint_score_order!r} is invalid: "
+                'use "min" or "max"'
+            )
+        attribute = self.checkpoint_score_attribute
+        if attribute is not None and (not isinstance(attribute, str) or not attribute):
+            raise ConfigError(
+                f"checkpoint_score_attribute={attribute!r} is invalid: use a metric name "
+                'such as "loss" or "val/loss"'
+            )
+        _check_int("checkpoint_frequency", self.checkpoint_frequency, 0)
+        if self.checkpoint_at_end not in (None, True, False):
+            raise ConfigError(f"checkpoint_at_end={self.checkpoint_at_end!r} must be a bool")
+
+
+@dataclass(frozen=True)
+class FailureConfig:
+    """How a sweep treats failing trials.
+
+    Args:
+        max_failures: Retries per trial; -1 retries without limit.
+        fail_fast: Stop the sweep once a trial has exhausted its retries.
+    """
+
+    max_failures: int = 0
+    fail_fast: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("max_failures", self.max_failures, -1)
+        if not isinstance(self.fail_fast, bool):
+            raise ConfigError(f"fail_fast={self.fail_fast!r} must be True or False")
+
+
+def validate_experiment_name(name: str) -> str:
+    """Return `name` if it is usable as one directory name, else raise ConfigError."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"experiment name {name!r} is invalid: use a non-empty string")
+    bad = [part for part in ("/", "\\", "..") if part in name]
+    if bad or name.startswith(".") or any(ord(c) < 32 for c in name) or len(name) > 200:
+        raise ConfigError(
+            f"experiment name {name!r} is invalid: it must be one directory name (no '/', "
+            "'\\', '..', leading '.' or control characters, at most 200 characters); "
+            "for a sub-folder put it in storage_path instead"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how an experiment is stored.
+
+    Args:
+        name: Experiment directory name; default "<trainable>_<YYYY-MM-DD_HH-MM-SS>".
+        storage_path: Local path, NFS mount or fsspec URL (s3://, gs://, file://, memory://);
+            default ~/prefect_tune_results.
+        storage_options: Keyword arguments for the fsspec filesystem (endpoint, keys).
+            Never logged, repr'd or written to storage.
+        storage_block: A saved Prefect block ("slug/name") or a block instance:
+            PrefectTuneStorage, RemoteFileSystem or LocalFileSystem.
+        checkpoint_config: Which checkpoints to keep.
+        failure_config: How failing trials are treated.
+    """
+
+    name: str | None = None
+    storage_path: str | None = None
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
+    storage_block: Any = None
+    checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
+    failure_config: FailureConfig = field(default_factory=FailureConfig)
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            validate_experiment_name(self.name)
+        if self.storage_path is not None and self.storage_block is not None:
+            raise ConfigError(
+                f"both storage_path={self.storage_path!r} and storage_block="
+                f"{_block_label(self.storage_block)!r} are set: give exactly one"
+            )
+        if self.storage_block is not None and self.storage_options is not None:
+            raise ConfigError(
+                "storage_options cannot be combined with storage_block: the block holds "
+                "its own options"
+            )
+        if self.storage_path is not None and (
+            not isinstance(self.storage_path, str) or not self.storage_path
+        ):
+            raise ConfigError(f"storage_path={self.storage_path!r} must be a non-empty string")
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise ConfigError("storage_options must be a mapping of fsspec keyword arguments")
+        if not isinstance(self.checkpoint_config, CheckpointConfig):
+            raise ConfigError("checkpoint_config must be a CheckpointConfig")
+        if not isinstance(self.failure_config, FailureConfig):
+            raise ConfigError("failure_config must be a FailureConfig")
+
+
+def _block_label(block: object) -> str:
+    return block if isinstance(block, str) else type(block).__name__

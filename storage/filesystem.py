@@ -1,0 +1,203 @@
+"""Storage resolution and the few filesystem primitives everything else is built on.
+
+`Storage` pairs an fsspec filesystem with a root path. Local storage (a disk or an NFS
+mount) gets atomic renames; object stores get single-object PUTs and a marker written
+last. Storage options (credentials) live only inside the filesystem object: they are
+never part of a repr, a log line or a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from prefect_tune.storage.errors import ConfigError, StorageError
+from prefect_tune.storage.layout import MANIFEST, token
+
+_PROBE_BYTES = b"prefect-tune storage probe\n"
+
+
+@dataclass(frozen=True, eq=False)
+class Storage:
+    """A filesystem and a root path in it; `url` is for display and holds no secrets."""
+
+    url: str
+    fs: AbstractFileSystem
+    root: str
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def uri(self, path: str) -> str:
+        """The user-facing URI of `path`: a plain path locally, scheme://... elsewhere."""
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Replace `path` with `data` atomically: readers see the old or the new content."""
+        if self.is_local:
+            write_local_atomic(path, data)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, path: str) -> bytes:
+        return bytes(self.fs.cat_file(path))
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(path))
+
+    def listdir(self, path: str) -> list[str]:
+        """Base names directly under `path`; [] when it does not exist."""
+        try:
+            entries = self.fs.ls(path, detail=False, refresh=True) if not self.is_local \
+                else os.listdir(path)
+        except FileNotFoundError:
+            return []
+        return [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
+
+    def commit_directory(self, source: str, staging: str, final: str) -> None:
+        """Publish local directory `source` as `final`, atomically.
+
+        Locally the tree is copied to `staging`, the manifest written, then `staging`
+        renamed to `final`. On object stores the files are uploaded to `final` and the
+        manifest is PUT last. Either way `final` counts as committed only once it holds
+        the manifest; a crash before that leaves nothing a reader takes for a checkpoint.
+        """
+        files = _local_files(source)
+        manifest = json.dumps({"format": 1, "files": files}, sort_keys=True).encode()
+        if self.is_local:
+            shutil.copytree(source, staging)
+            with open(os.path.join(staging, MANIFEST), "wb") as handle:
+                handle.write(manifest)
+            os.rename(staging, final)
+            return
+        if files:
+            self.fs.put(
+                [os.path.join(source, rel) for rel in files],
+                [f"{final}/{rel}" for rel in files],
+            )
+        self.fs.pipe_file(f"{final}/{MANIFEST}", manifest)
+
+    def delete_directory(self, path: str, trash: str) -> None:
+        """Remove a committed directory so that it stops being committed first.
+
+        Locally it is renamed to `trash` (atomic) and then removed; on object stores the
+        manifest goes first, then the rest.
+        """
+        if self.is_local:
+            os.rename(path, trash)
+            shutil.rmtree(trash)
+            return
+        self.fs.rm_file(f"{path}/{MANIFEST}")
+        self.fs.rm(path, recursive=True)
+
+    def probe(self, path: str) -> None:
+        """Write, read back and delete the small object `path`.
+
+        Raises:
+            StorageError: naming the URI, the cause and what to change.
+        """
+        directory = path.rsplit("/", 1)[0]
+        try:
+            self.write_bytes(path, _PROBE_BYTES)
+            if self.read_bytes(path) != _PROBE_BYTES:
+                raise StorageError(f"{self.uri(path)} read back different bytes than written")
+            self.fs.rm_file(path)
+        except StorageError:
+            raise
+        except Exception as exc:  # any backend failure: the probe exists to translate it
+            raise StorageError(
+                f"storage {self.uri(directory)} is not usable: {_describe(exc)}. "
+                f"{_hint(exc)}"
+            ) from exc
+
+
+def write_local_atomic(path: str, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, and rename it over `path`."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temp = f"{path}.tmp-{token()}"
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def resolve_storage(url: str, options: Mapping[str, Any] | None = None) -> Storage:
+    """Resolve a local path or fsspec URL (plus fsspec options) to a Storage.
+
+    Raises:
+        StorageError: the scheme is unknown or its fsspec package is not installed.
+        ConfigError: the filesystem rejected `options`.
+    """
+    if "://" not in url and "::" not in url:
+        url = os.path.abspath(os.path.expanduser(url))
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **dict(options or {}))
+    except ImportError as exc:
+        scheme = url.split("://", 1)[0]
+        raise StorageError(
+            f"storage_path {url!r} needs the fsspec backend for {scheme!r}, which is not "
+            f"installed ({exc}); install it, e.g. `pip install s3fs` for s3:// or "
+            "`pip install gcsfs` for gs://"
+        ) from exc
+    except ValueError as exc:
+        if "Protocol not known" not in str(exc):
+            raise ConfigError(f"storage_path {url!r} is invalid: {exc}") from exc
+        scheme = url.split("://", 1)[0]
+        raise StorageError(
+            f"storage_path {url!r} has an unknown scheme {scheme!r}; use a local path or "
+            "an fsspec URL such as s3://bucket/path, gs://bucket/path or file:///path"
+        ) from exc
+    except TypeError as exc:
+        raise ConfigError(
+            f"storage_options for {url!r} were rejected by the filesystem: {exc}; pass only "
+            f"keyword arguments that {url.split('://', 1)[0]!r} filesystems accept"
+        ) from exc
+    display = root if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(root)
+    return Storage(url=display, fs=fs, root=root.rstrip("/") or root)
+
+
+def _local_files(source: str) -> dict[str, int]:
+    """Relative path -> size of every file under `source`."""
+    if not os.path.isdir(source):
+        raise StorageError(f"checkpoint directory {source!r} does not exist")
+    files: dict[str, int] = {}
+    for directory, _, names in os.walk(source):
+        for name in names:
+            full = os.path.join(directory, name)
+            files[os.path.relpath(full, source).replace(os.sep, "/")] = os.path.getsize(full)
+    return files
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+def _hint(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "Check that the bucket or directory exists, or create it."
+    if isinstance(exc, PermissionError):
+        return "The credentials were refused: check storage_options or the storage block."
+    return "Check storage_path, storage_options and that the storage service is reachable."

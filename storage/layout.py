@@ -1,0 +1,107 @@
+"""The path authority: every name and path prefect-tune writes is built here.
+
+    <storage>/<experiment>/
+        results.csv  results.json
+        <trainable>_<5 hex>_<00000>/          one per trial
+            params.json  result.json  progress.csv  [error.txt]
+            checkpoint_000000/ ...            committed: holds .checkpoint.json
+            .checkpoint_000001.tmp-<hex>/     being written (never read as a checkpoint)
+
+>>> layout = ExperimentLayout("/data/exp")
+>>> layout.checkpoint_dir("train_a1b2c_00000", 3)
+'/data/exp/train_a1b2c_00000/checkpoint_000003'
+>>> ExperimentLayout("bucket/sweeps/exp").trial_file("train_a1b2c_00000", PARAMS)
+'bucket/sweeps/exp/train_a1b2c_00000/params.json'
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from prefect_tune.storage.records import checkpoint_dir_name
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+PARAMS = "params.json"
+RESULT_LOG = "result.json"
+PROGRESS = "progress.csv"
+ERROR_FILE = "error.txt"
+#: Written last into a checkpoint directory; its presence is what makes it committed.
+MANIFEST = ".checkpoint.json"
+#: The file `Checkpoint.from_dict` stores its data in.
+DICT_FILE = "checkpoint.json"
+DICT_PICKLE_FILE = "checkpoint.pkl"
+
+_CHECKPOINT = re.compile(r"^checkpoint_(\d{6,})$")
+_STAGING = re.compile(r"^\.checkpoint_(\d{6,})\.(?:tmp|deleting)-[0-9a-f]+$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def checkpoint_index(name: str) -> int | None:
+    """The index of a committed-checkpoint directory name, None for any other name."""
+    match = _CHECKPOINT.match(name)
+    return int(match.group(1)) if match else None
+
+
+def used_index(name: str) -> int | None:
+    """The index a directory name claims, committed or not (indexes are never reused)."""
+    match = _CHECKPOINT.match(name) or _STAGING.match(name)
+    return int(match.group(1)) if match else None
+
+
+def safe_name(name: str, limit: int = 40) -> str:
+    """`name` reduced to [A-Za-z0-9_-] and at most `limit` characters."""
+    return _UNSAFE.sub("_", name).strip("_")[:limit] or "trainable"
+
+
+def default_experiment_name(trainable: str, now: datetime) -> str:
+    """"<trainable>_<YYYY-MM-DD_HH-MM-SS>" (Ray's default)."""
+    return f"{safe_name(trainable)}_{now:%Y-%m-%d_%H-%M-%S}"
+
+
+def new_trial_prefix() -> str:
+    """A fresh 5-hex prefix shared by the trial ids of one experiment."""
+    return uuid.uuid4().hex[:5]
+
+
+def trial_id(prefix: str, counter: int) -> str:
+    return f"{prefix}_{counter:05d}"
+
+
+def trial_name(trainable: str, trial_id: str) -> str:
+    """Short and id-based: the config lives only in params.json (Ray #29586)."""
+    return f"{safe_name(trainable)}_{trial_id}"
+
+
+def token() -> str:
+    """A random suffix for staging and probe names."""
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """Paths inside one experiment directory; `root` is a filesystem path, no scheme."""
+
+    root: str
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def trial_dir(self, trial_name: str) -> str:
+        return self.join(trial_name)
+
+    def trial_file(self, trial_name: str, file_name: str) -> str:
+        return self.join(trial_name, file_name)
+
+    def checkpoint_dir(self, trial_name: str, index: int) -> str:
+        return self.join(trial_name, checkpoint_dir_name(index))
+
+    def staging_dir(self, trial_name: str, index: int, kind: str = "tmp") -> str:
+        """Where checkpoint `index` is written before commit, or moved before deletion."""
+        return self.join(trial_name, f".{checkpoint_dir_name(index)}.{kind}-{token()}")
+
+    def probe_file(self) -> str:
+        return self.join(f".probe-{token()}")

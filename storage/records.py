@@ -1,0 +1,154 @@
+"""Plain records shared by every layer: trial specs, outcomes, checkpoint records.
+
+Records are frozen snapshots; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from prefect_tune.storage.errors import MetricError
+
+#: Keys prefect-tune adds to every reported row; a trial may not report them itself.
+AUTO_KEYS = ("training_iteration", "trial_id", "timestamp", "checkpoint_dir_name")
+
+
+class TrialStatus(StrEnum):
+    """Lifecycle of one trial."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    TERMINATED = "TERMINATED"
+    ERROR = "ERROR"
+
+    def is_finished(self) -> bool:
+        return self in (TrialStatus.TERMINATED, TrialStatus.ERROR)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a trial runs: its identity and its resolved config."""
+
+    trial_id: str
+    trial_name: str
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One committed checkpoint: its index and the metrics reported with it."""
+
+    index: int
+    metrics: Mapping[str, Any]
+
+    @property
+    def dir_name(self) -> str:
+        return checkpoint_dir_name(self.index)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a finished (or failed) trial leaves behind, as the sweep sees it.
+
+    `checkpoints` holds the kept checkpoints in the order they were reported;
+    `best_checkpoints` the kept best-N subset (without the protected latest).
+    """
+
+    trial_id: str
+    trial_name: str
+    config: Mapping[str, Any]
+    status: TrialStatus
+    last_metrics: Mapping[str, Any] = field(default_factory=dict)
+    num_reports: int = 0
+    checkpoints: tuple[CheckpointRecord, ...] = ()
+    best_checkpoints: tuple[CheckpointRecord, ...] = ()
+    best_score: float | None = None
+    error: str | None = None
+
+    @property
+    def latest_checkpoint(self) -> CheckpointRecord | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    @property
+    def error_summary(self) -> str:
+        """The last line of the error (the exception), or "" without an error."""
+        lines = (self.error or "").strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def checkpoint_dir_name(index: int) -> str:
+    """The directory name of checkpoint `index`: checkpoint_000000, checkpoint_000001, ..."""
+    return f"checkpoint_{index:06d}"
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
+    """Flatten nested mappings into "a/b" keys; the one flattening used everywhere."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}{sep}", sep))
+        else:
+            flat[name] = value
+    return flat
+
+
+def to_json_value(value: Any, where: str) -> Any:
+    """Return `value` as plain JSON data (numpy/torch scalars unwrapped), else MetricError.
+
+    NaN and infinities are kept: they are valid metric values and round-trip through
+    Python's json module.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise MetricError(f"{where}: key {key!r} is not a string; JSON keys must be")
+            out[key] = to_json_value(item, f"{where}/{key}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        try:
+            return to_json_value(item(), where)
+        except (TypeError, ValueError):
+            pass
+    raise MetricError(
+        f"{where}: value {value!r} of type {type(value).__name__} cannot be written as JSON; "
+        "report numbers, strings, bools, None, or lists/dicts of them"
+    )
+
+
+def score_of(metrics: Mapping[str, Any], attribute: str) -> float | None:
+    """The numeric score `attribute` ("a/b" for nested) in `metrics`, None if absent.
+
+    Raises:
+        MetricError: the value is present but not a number.
+    """
+    flat = flatten(metrics)
+    if attribute not in flat:
+        return None
+    value = flat[attribute]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MetricError(
+            f"score attribute {attribute!r} is {value!r}, not a number; report a number"
+        )
+    return float(value)
+
+
+def rank_key(score: float | None, order: str) -> tuple[bool, float]:
+    """Sort key where larger is better; NaN and missing rank below every real score."""
+    if score is None or math.isnan(score):
+        return (False, 0.0)
+    return (True, score if order == "max" else -score)

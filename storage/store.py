@@ -1,0 +1,260 @@
+"""`ExperimentStore`: everything one experiment reads from and writes to storage.
+
+Contract:
+- A checkpoint directory is committed once it holds the manifest; listings and reads
+  ignore anything else, and an index is never reused.
+- `result.json` is JSON lines; a torn last line (a killed writer) is skipped on read.
+- `progress.csv` always has the union of all columns seen so far.
+- Storage options never appear in anything written here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import IO, Any
+
+from prefect_tune.storage.checkpoint import Checkpoint
+from prefect_tune.storage.errors import StorageError
+from prefect_tune.storage.filesystem import Storage
+from prefect_tune.storage.layout import (
+    ERROR_FILE,
+    MANIFEST,
+    PARAMS,
+    PROGRESS,
+    RESULT_LOG,
+    ExperimentLayout,
+    checkpoint_index,
+    token,
+    used_index,
+)
+from prefect_tune.storage.records import flatten
+
+#: On object stores, rows between checkpoints are uploaded at most this often.
+REMOTE_FLUSH_SECONDS = 10.0
+
+
+class ExperimentStore:
+    """Reads and writes one experiment directory `<storage>/<name>`."""
+
+    def __init__(self, storage: Storage, name: str) -> None:
+        self.storage = storage
+        self.name = name
+        self.layout = ExperimentLayout(storage.join(name))
+
+    def __repr__(self) -> str:
+        return f"ExperimentStore({self.path!r})"
+
+    @property
+    def path(self) -> str:
+        """URI of the experiment directory."""
+        return self.storage.uri(self.layout.root)
+
+    def probe(self) -> None:
+        """Check that the experiment directory can be written, read and deleted from."""
+        self.storage.probe(self.layout.join(f".probe-{token()}"))
+
+    def trial_uri(self, trial_name: str) -> str:
+        return self.storage.uri(self.layout.trial_dir(trial_name))
+
+    def checkpoint(self, trial_name: str, index: int) -> Checkpoint:
+        path = self.layout.checkpoint_dir(trial_name, index)
+        return Checkpoint(self.storage.uri(path), self.storage.fs)
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Atomically replace the experiment-level file `name`."""
+        self.storage.write_bytes(self.layout.join(name), data)
+
+    def write_params(self, trial_name: str, config: Mapping[str, Any]) -> None:
+        data = json.dumps(config, sort_keys=True, indent=2).encode()
+        self.storage.write_bytes(self.layout.trial_file(trial_name, PARAMS), data)
+
+    def append_error(self, trial_name: str, text: str) -> None:
+        """Append one failure record to the trial's error.txt."""
+        path = self.layout.trial_file(trial_name, ERROR_FILE)
+        previous = self.storage.read_bytes(path).decode() if self.storage.exists(path) else ""
+        count = previous.count("Failure # ") + 1
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        entry = f"Failure # {count} (occurred at {stamp})\n{text.rstrip()}\n\n"
+        self.storage.write_bytes(path, (previous + entry).encode())
+
+    def open_log(self, trial_name: str) -> ResultLog:
+        """A fresh result log for a trial that starts from scratch."""
+        return ResultLog(
+            self.storage,
+            self.layout.trial_file(trial_name, RESULT_LOG),
+            self.layout.trial_file(trial_name, PROGRESS),
+        )
+
+    def commit_checkpoint(self, trial_name: str, index: int, source: str) -> None:
+        """Publish local directory `source` as checkpoint `index` of the trial."""
+        final = self.layout.checkpoint_dir(trial_name, index)
+        if self.storage.is_local:
+            os.makedirs(self.layout.trial_dir(trial_name), exist_ok=True)
+        staging = self.layout.staging_dir(trial_name, index)
+        try:
+            self.storage.commit_directory(source, staging, final)
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"could not write checkpoint {self.storage.uri(final)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def delete_checkpoint(self, trial_name: str, index: int) -> None:
+        path = self.layout.checkpoint_dir(trial_name, index)
+        self.storage.delete_directory(path, self.layout.staging_dir(trial_name, index, "deleting"))
+
+    def committed_indexes(self, trial_name: str) -> list[int]:
+        """Indexes of the trial's committed checkpoints, ascending."""
+        trial_dir = self.layout.trial_dir(trial_name)
+        found = []
+        for name in self.storage.listdir(trial_dir):
+            index = checkpoint_index(name)
+            if index is not None and self.storage.exists(f"{trial_dir}/{name}/{MANIFEST}"):
+                found.append(index)
+        return sorted(found)
+
+    def next_index(self, trial_name: str) -> int:
+        """One past the highest index any directory of the trial ever claimed."""
+        used = [used_index(n) for n in self.storage.listdir(self.layout.trial_dir(trial_name))]
+        return max((i for i in used if i is not None), default=-1) + 1
+
+    def read_rows(self, trial_name: str) -> list[dict[str, Any]]:
+        """The trial's result rows; a torn last line is skipped."""
+        path = self.layout.trial_file(trial_name, RESULT_LOG)
+        try:
+            text = self.storage.read_bytes(path).decode()
+        except FileNotFoundError:
+            return []
+        return parse_rows(text, self.storage.uri(path))
+
+
+def parse_rows(text: str, where: str) -> list[dict[str, Any]]:
+    """Parse JSON lines, tolerating a torn (unterminated or unparsable) last line."""
+    lines = text.split("\n")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines) or all(not rest.strip() for rest in lines[number:]):
+                break
+            raise StorageError(f"{where}: line {number} is not valid JSON ({exc})") from exc
+    return rows
+
+
+class ResultLog:
+    """A trial's result.json (JSON lines) and progress.csv.
+
+    Locally every row is appended and flushed as it is reported. On object stores,
+    where nothing can be appended, both files are rewritten whole: at every checkpoint
+    (`durable=True`), at most every REMOTE_FLUSH_SECONDS otherwise, and on close.
+    """
+
+    def __init__(
+        self, storage: Storage, json_path: str, csv_path: str,
+        rows: Iterable[Mapping[str, Any]] = (),
+    ) -> None:
+        self._storage = storage
+        self._json_path = json_path
+        self._csv_path = csv_path
+        self._rows: list[dict[str, Any]] = []
+        self._columns: dict[str, None] = {}
+        for row in rows:
+            self._remember(row)
+        self._json: IO[str] | None = None
+        self._csv: IO[str] | None = None
+        self._dirty = False
+        self._last_flush = time.monotonic()
+        if storage.is_local:
+            os.makedirs(os.path.dirname(json_path), exist_ok=True)
+            self._rewrite()
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self._rows
+
+    def _remember(self, row: Mapping[str, Any]) -> list[Any] | None:
+        """Keep `row`; return its CSV cells, or None when it brought new columns."""
+        self._rows.append(dict(row))
+        flat = flatten(row)
+        new = [key for key in flat if key not in self._columns]
+        for key in new:
+            self._columns[key] = None
+        return None if new else [_cell(flat.get(c)) for c in self._columns]
+
+    def append(self, row: Mapping[str, Any], *, durable: bool) -> None:
+        line = json.dumps(row)
+        cells = self._remember(row)
+        if not self._storage.is_local:
+            self._dirty = True
+            if durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS:
+                self.flush()
+            return
+        assert self._json is not None and self._csv is not None
+        self._json.write(line + "\n")
+        self._json.flush()
+        if cells is None:
+            self._csv.close()
+            self._write_csv_file()
+        else:
+            self._csv.write(_csv_line(cells))
+            self._csv.flush()
+
+    def flush(self) -> None:
+        """Make every row so far durable in storage."""
+        if self._storage.is_local or not self._dirty:
+            return
+        self._storage.write_bytes(self._json_path, self._json_text().encode())
+        self._storage.write_bytes(self._csv_path, self._csv_text().encode())
+        self._dirty = False
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        for handle in (self._json, self._csv):
+            if handle is not None:
+                handle.close()
+        self._json = self._csv = None
+
+    def _json_text(self) -> str:
+        return "".join(json.dumps(row) + "\n" for row in self._rows)
+
+    def _csv_text(self) -> str:
+        lines = [_csv_line(list(self._columns))] if self._columns else []
+        for row in self._rows:
+            flat = flatten(row)
+            lines.append(_csv_line([_cell(flat.get(c)) for c in self._columns]))
+        return "".join(lines)
+
+    def _rewrite(self) -> None:
+        """Replace both local files with the rows held, then reopen them for appends."""
+        self._storage.write_bytes(self._json_path, self._json_text().encode())
+        self._json = open(self._json_path, "a")
+        self._write_csv_file()
+
+    def _write_csv_file(self) -> None:
+        self._storage.write_bytes(self._csv_path, self._csv_text().encode())
+        self._csv = open(self._csv_path, "a")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _csv_line(cells: list[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    return buffer.getvalue()

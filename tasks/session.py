@@ -1,0 +1,223 @@
+"""The trial side: `report`, `get_checkpoint`, `get_context` and the session behind them.
+
+A `TrialSession` is bound to the running trial through a ContextVar. `report()` writes
+straight to storage before it returns (no Prefect API call, no background sync): the
+checkpoint is committed, the row appended, then retention deletes what is no longer kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from prefect_tune.storage import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointError,
+    CheckpointRecord,
+    ExperimentStore,
+    MetricError,
+    OutsideTrialError,
+    TrialOutcome,
+    TrialSpec,
+    TrialStatus,
+)
+from prefect_tune.storage.records import AUTO_KEYS, checkpoint_dir_name, rank_key, score_of
+from prefect_tune.storage.records import to_json_value
+from prefect_tune.storage.retention import retain
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Who and where the running trial is."""
+
+    trial_id: str
+    trial_name: str
+    trial_path: str
+    experiment_name: str
+    experiment_path: str
+    attempt: int
+
+
+class TrialSession:
+    """The bookkeeping of one trial attempt: result rows, checkpoints, retention."""
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        spec: TrialSpec,
+        *,
+        checkpoint_config: CheckpointConfig,
+        score_attribute: str | None,
+        score_order: str,
+        attempt: int,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.store = store
+        self.spec = spec
+        self.config = checkpoint_config
+        self.score_attribute = score_attribute
+        self.score_order = score_order
+        self.logger = logger
+        self.context = TrialContext(
+            trial_id=spec.trial_id,
+            trial_name=spec.trial_name,
+            trial_path=store.trial_uri(spec.trial_name),
+            experiment_name=store.name,
+            experiment_path=store.path,
+            attempt=attempt,
+        )
+        self.restored: Checkpoint | None = None
+        self.log = store.open_log(spec.trial_name)
+        self.records: list[CheckpointRecord] = []
+        self.best: tuple[CheckpointRecord, ...] = ()
+        self.next_index = 0
+        self.iteration = 0
+        self.last_metrics: dict[str, Any] = {}
+        self.best_score: float | None = None
+        self._unreclaimed: set[int] = set()
+
+    def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
+        clean = self._clean(metrics)
+        persist = checkpoint is not None and self.config.num_to_keep != 0
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            raise CheckpointError(
+                f"report(checkpoint=...) got {type(checkpoint).__name__}; pass a Checkpoint "
+                "made with Checkpoint.from_directory() or Checkpoint.from_dict()"
+            )
+        attribute = self.config.checkpoint_score_attribute
+        if persist and attribute is not None and score_of(clean, attribute) is None:
+            raise MetricError(
+                f"report() with a checkpoint has no {attribute!r} metric (got "
+                f"{sorted(clean) or 'none'}); checkpoints are ranked by "
+                f"checkpoint_score_attribute={attribute!r}, so report it with every checkpoint"
+            )
+        dir_name = None
+        if persist:
+            assert checkpoint is not None
+            index = self.next_index
+            self.next_index += 1
+            with checkpoint.as_directory() as local:
+                self.store.commit_checkpoint(self.spec.trial_name, index, local)
+            dir_name = checkpoint_dir_name(index)
+        self.iteration += 1
+        row = {
+            **clean,
+            "training_iteration": self.iteration,
+            "trial_id": self.spec.trial_id,
+            "timestamp": round(time.time(), 3),
+            "checkpoint_dir_name": dir_name,
+        }
+        self.log.append(row, durable=persist)
+        self.last_metrics = row
+        self._track_best(clean)
+        if persist:
+            self.records.append(CheckpointRecord(self.next_index - 1, clean))
+            self._retain()
+
+    def _clean(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(metrics, Mapping):
+            raise MetricError(f"report() needs a dict of metrics, got {type(metrics).__name__}")
+        clean = {}
+        for key, value in metrics.items():
+            if not isinstance(key, str):
+                raise MetricError(f"metric name {key!r} is not a string")
+            if key in AUTO_KEYS:
+                raise MetricError(
+                    f"metric {key!r} is set by prefect-tune on every row; rename yours"
+                )
+            clean[key] = to_json_value(value, f"metric {key!r}")
+        return clean
+
+    def _track_best(self, metrics: Mapping[str, Any]) -> None:
+        if self.score_attribute is None:
+            return
+        score = score_of(metrics, self.score_attribute)
+        if score is None:
+            return
+        if self.best_score is None or rank_key(score, self.score_order) > rank_key(
+            self.best_score, self.score_order
+        ):
+            self.best_score = score
+
+    def _retain(self) -> None:
+        """Drop what retention no longer keeps: records first, then files."""
+        kept, self.best = retain(self.records, self.config)
+        kept_indexes = {r.index for r in kept}
+        self._unreclaimed |= {r.index for r in self.records if r.index not in kept_indexes}
+        self.records = list(kept)
+        self._reclaim()
+
+    def _reclaim(self) -> None:
+        """Delete evicted checkpoints; a failed delete is logged and retried later."""
+        for index in sorted(self._unreclaimed):
+            try:
+                self.store.delete_checkpoint(self.spec.trial_name, index)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.logger.warning(
+                    "could not delete %s of %s (will retry): %s",
+                    checkpoint_dir_name(index), self.spec.trial_name, exc,
+                )
+                continue
+            self._unreclaimed.discard(index)
+
+    def close(self) -> None:
+        """Flush the result log and retry any failed deletes."""
+        self.log.close()
+        self._reclaim()
+
+    def outcome(self, status: TrialStatus, error: str | None = None) -> TrialOutcome:
+        return TrialOutcome(
+            trial_id=self.spec.trial_id,
+            trial_name=self.spec.trial_name,
+            config=self.spec.config,
+            status=status,
+            last_metrics=self.last_metrics,
+            num_reports=self.iteration,
+            checkpoints=tuple(self.records),
+            best_checkpoints=self.best,
+            best_score=self.best_score,
+            error=error,
+        )
+
+
+_SESSION: ContextVar[TrialSession | None] = ContextVar("prefect_tune_trial", default=None)
+
+
+def _session(caller: str) -> TrialSession:
+    session = _SESSION.get()
+    if session is None:
+        raise OutsideTrialError(
+            f"{caller}() was called outside a trial; call it from the trainable that "
+            "Tuner.fit() runs"
+        )
+    return session
+
+
+def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None) -> None:
+    """Record one result row of the running trial, with an optional checkpoint.
+
+    The checkpoint is committed to storage and old ones deleted per CheckpointConfig
+    before this returns.
+
+    Raises:
+        OutsideTrialError: not inside a trial.
+        MetricError: a metric is not JSON-serialisable or lacks the score attribute.
+    """
+    _session("report").report(metrics, checkpoint)
+
+
+def get_checkpoint() -> Checkpoint | None:
+    """The checkpoint to resume from, or None on a fresh start."""
+    return _session("get_checkpoint").restored
+
+
+def get_context() -> TrialContext:
+    """Identity and storage location of the running trial."""
+    return _session("get_context").context

@@ -1,0 +1,93 @@
+"""The trial task: one Prefect task run per trial."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+
+from prefect_tune.storage import (
+    CheckpointConfig,
+    ExperimentStore,
+    TrialError,
+    TrialOutcome,
+    TrialSpec,
+    TrialStatus,
+)
+from prefect_tune.tasks.session import _SESSION, TrialSession
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of one sweep shares."""
+
+    trainable: Callable[[dict[str, Any]], Any]
+    store: ExperimentStore
+    checkpoint_config: CheckpointConfig
+    score_attribute: str | None
+    score_order: str
+
+
+@task(
+    name="trial",
+    task_run_name="{spec.trial_name}",
+    persist_result=False,
+    cache_policy=NO_CACHE,
+)
+def run_trial(settings: TrialSettings, spec: TrialSpec) -> TrialOutcome:
+    """Run `settings.trainable(config)` as trial `spec` and return its outcome.
+
+    Raises:
+        TrialError: the trainable (or the trial's storage) failed; carries the outcome,
+            and the failure is appended to the trial's error.txt.
+    """
+    logger = get_run_logger()
+    store = settings.store
+    session = TrialSession(
+        store,
+        spec,
+        checkpoint_config=settings.checkpoint_config,
+        score_attribute=settings.score_attribute,
+        score_order=settings.score_order,
+        attempt=max(int(task_run.run_count), 1),
+        logger=logger,
+    )
+    logger.info("trial %s started: %s", spec.trial_name, session.context.trial_path)
+    token = _SESSION.set(session)
+    try:
+        store.write_params(spec.trial_name, spec.config)
+        returned = settings.trainable(dict(spec.config))
+        if isinstance(returned, Mapping):
+            session.report(returned, None)
+        session.close()
+    except Exception as exc:
+        error = traceback.format_exc()
+        _record_failure(session, error, logger)
+        logger.error("trial %s failed: %s: %s", spec.trial_name, type(exc).__name__, exc)
+        raise TrialError(session.outcome(TrialStatus.ERROR, error)) from exc
+    finally:
+        _SESSION.reset(token)
+    outcome = session.outcome(TrialStatus.TERMINATED)
+    logger.info(
+        "trial %s finished after %d reports%s", spec.trial_name, outcome.num_reports,
+        f"; best {settings.score_attribute}={outcome.best_score}"
+        if outcome.best_score is not None else "",
+    )
+    return outcome
+
+
+def _record_failure(session: TrialSession, error: str, logger: Any) -> None:
+    """Flush what the failed trial reported and append `error` to its error.txt.
+
+    A second (storage) error is logged, not raised: the trial's own failure is what counts.
+    """
+    try:
+        session.close()
+        session.store.append_error(session.spec.trial_name, error)
+    except Exception as exc:
+        logger.warning("could not record the failure of %s: %s", session.spec.trial_name, exc)
