@@ -29,6 +29,8 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.mode not in (None, "min", "max"):
             raise ConfigError(f'mode={self.mode!r} is invalid: use "min" or "max"')
+        if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
+            raise ConfigError(f'metric={self.metric!r} is invalid: use a metric name like "loss"')
         if (self.metric is None) != (self.mode is None):
             raise ConfigError(
                 f"metric={self.metric!r} and mode={self.mode!r}: set both or neither"

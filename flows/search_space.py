@@ -7,6 +7,7 @@ trial's config is stored in its params.json.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -74,9 +75,12 @@ def _values(kind: str, values: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def _bounds(kind: str, lower: float, upper: float, *, positive: bool = False) -> None:
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lower, upper))
+    numbers = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in (lower, upper)
+    )
     if not numbers or not lower < upper or (positive and lower <= 0):
-        need = "0 < lower < upper" if positive else "lower < upper"
+        need = "finite 0 < lower < upper" if positive else "finite lower < upper"
         raise ConfigError(f"{kind}({lower!r}, {upper!r}) is invalid: need numbers with {need}")
 
 
@@ -164,13 +168,13 @@ def _resolve(
     for key, value in space.items():
         path = (*prefix, key)
         if isinstance(value, GridSearch):
-            config[key] = grid[path]
+            config[key] = copy.deepcopy(grid[path])
         elif isinstance(value, Domain):
             config[key] = value.sample(rng)
         elif isinstance(value, Mapping):
             config[key] = _resolve(value, grid, rng, path)
         else:
-            config[key] = value
+            config[key] = copy.deepcopy(value)
     return config
 
 

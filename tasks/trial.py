@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ def run_trial(settings: TrialSettings, spec: TrialSpec) -> TrialOutcome:
     token = _SESSION.set(session)
     try:
         store.write_params(spec.trial_name, spec.config)
-        returned = settings.trainable(dict(spec.config))
+        returned = settings.trainable(copy.deepcopy(dict(spec.config)))
         if isinstance(returned, Mapping):
             session.report(returned, None)
         session.close()

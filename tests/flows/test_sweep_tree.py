@@ -1,0 +1,238 @@
+"""End-to-end sweeps against the session's real Prefect server: the exact storage tree,
+retention, results tables, ResultGrid, and what Prefect records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+from prefect_tune.flows import TuneConfig, Tuner, grid_search
+from prefect_tune.storage import Checkpoint, CheckpointConfig, RunConfig, TrialStatus
+from prefect_tune.tasks import get_checkpoint, get_context, report
+
+from ..conftest import Backend
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def seed_example(config: dict[str, Any]) -> None:
+    """The seed document's example: four checkpoints reported with losses 2, 4, 1, 3."""
+    for loss in (2, 4, 1, 3):
+        report({"loss": loss}, checkpoint=Checkpoint.from_dict({"loss": loss}))
+
+
+def keep_two_smallest(backend: Backend, name: str) -> RunConfig:
+    return RunConfig(
+        name=name,
+        storage_path=backend.url,
+        storage_options=backend.options or None,
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="min"
+        ),
+    )
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) + ("/" if p.is_dir() else "") for p in root.rglob("*"))
+
+
+def test_keep_two_best_on_every_backend(backend: Backend) -> None:
+    grid = Tuner(seed_example, run_config=keep_two_smallest(backend, "seed")).fit()
+
+    (result,) = grid
+    names = [c.path.rsplit("/", 1)[-1] for c, _ in result.best_checkpoints]
+    assert names == ["checkpoint_000000", "checkpoint_000002"]
+    assert [m["loss"] for _, m in result.best_checkpoints] == [2, 1]
+    assert result.checkpoint is not None
+    assert result.checkpoint.path.endswith("/checkpoint_000003")
+    assert result.checkpoint.to_dict() == {"loss": 3}
+    assert result.best_checkpoints[1][0].to_dict() == {"loss": 1}
+    trial_dir = result.path.split("://", 1)[-1]
+    fs = backend.fs
+    listed = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(trial_dir, detail=False, refresh=True))
+    assert [n for n in listed if n.startswith("checkpoint_")] == [
+        "checkpoint_000000", "checkpoint_000002", "checkpoint_000003",
+    ]
+    assert not [n for n in listed if n.startswith(".")]  # no staging or probe leftovers
+
+
+def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> None:
+    """
+    <storage>/tree/
+        results.csv  results.json
+        trainer_<5 hex>_00000/   params.json result.json progress.csv
+                                 checkpoint_000000/ (.checkpoint.json, checkpoint.json)
+                                 checkpoint_000002/ (...)
+        trainer_<5 hex>_00001/   same, plus error.txt (it fails after two reports)
+    """
+
+    def trainer(config: dict[str, Any]) -> None:
+        for step in range(3):
+            if config["fail"] and step == 2:
+                raise RuntimeError("diverged")
+            report({"score": step}, checkpoint=Checkpoint.from_dict({"step": step}))
+
+    Tuner(
+        trainer,
+        param_space={"fail": grid_search([False, True])},
+        run_config=RunConfig(
+            name="tree", storage_path=str(tmp_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order="min"
+            ),
+        ),
+    ).fit()
+
+    root = tmp_path / "tree"
+    ok, failed = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert ok.startswith("trainer_") and ok.endswith("_00000") and len(ok) == len("trainer_") + 11
+    checkpoint_files = [".checkpoint.json", "checkpoint.json"]
+    expected = ["results.csv", "results.json"]
+    # best (score 0) plus the protected latest
+    for trial, kept, extra in ((ok, (0, 2), []), (failed, (0, 1), ["error.txt"])):
+        expected += [f"{trial}/", f"{trial}/params.json", f"{trial}/progress.csv",
+                     f"{trial}/result.json", *[f"{trial}/{e}" for e in extra]]
+        for index in kept:
+            directory = f"{trial}/checkpoint_{index:06d}"
+            expected += [f"{directory}/", *[f"{directory}/{f}" for f in checkpoint_files]]
+    assert tree(root) == sorted(expected)
+    assert json.loads((root / ok / "params.json").read_text()) == {"fail": False}
+    error = (root / failed / "error.txt").read_text()
+    assert error.startswith("Failure # 1 (occurred at ")
+    assert "RuntimeError: diverged" in error
+
+
+def test_result_files_hold_every_report(tmp_path: Path) -> None:
+    def trainer(config: dict[str, Any]) -> None:
+        report({"loss": 1.0})
+        report({"loss": 0.5, "val": {"acc": 0.9}}, checkpoint=Checkpoint.from_dict({"a": 1}))
+        report({"loss": 0.25, "late_key": "x"})
+
+    grid = Tuner(trainer, run_config=RunConfig(name="rows", storage_path=str(tmp_path))).fit()
+
+    trial = Path(grid[0].path)
+    rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    assert [r["training_iteration"] for r in rows] == [1, 2, 3]
+    assert [r["checkpoint_dir_name"] for r in rows] == [None, "checkpoint_000000", None]
+    assert {r["trial_id"] for r in rows} == {grid[0].trial_id}
+    assert all(isinstance(r["timestamp"], float) for r in rows)
+    assert rows[1]["val"] == {"acc": 0.9}
+    progress = pd.read_csv(trial / "progress.csv")
+    assert list(progress["loss"]) == [1.0, 0.5, 0.25]
+    assert list(progress["late_key"].fillna("")) == ["", "", "x"]  # a late key is not dropped
+    assert list(progress["val/acc"].isna()) == [True, False, True]
+    assert grid[0].metrics_dataframe["loss"].tolist() == [1.0, 0.5, 0.25]
+
+
+def test_num_to_keep_zero_persists_no_checkpoint_but_records_metrics(tmp_path: Path) -> None:
+    def trainer(config: dict[str, Any]) -> None:
+        for epoch in range(3):
+            report({"epoch": epoch}, checkpoint=Checkpoint.from_dict({"epoch": epoch}))
+
+    grid = Tuner(trainer, run_config=RunConfig(
+        name="zero", storage_path=str(tmp_path),
+        checkpoint_config=CheckpointConfig(num_to_keep=0),
+    )).fit()
+
+    (result,) = grid
+    assert result.checkpoint is None and result.best_checkpoints == []
+    assert result.metrics["epoch"] == 2
+    assert not list(Path(result.path).glob("*checkpoint_*"))
+    assert result.metrics_dataframe["checkpoint_dir_name"].isna().all()
+
+
+def test_context_and_fresh_start(tmp_path: Path) -> None:
+    seen: list[Any] = []
+
+    def trainer(config: dict[str, Any]) -> None:
+        seen.append((get_context(), get_checkpoint()))
+        report({"x": 1})
+
+    grid = Tuner(trainer, run_config=RunConfig(name="ctx", storage_path=str(tmp_path))).fit()
+
+    ((context, checkpoint),) = seen
+    assert checkpoint is None
+    assert context.attempt == 1
+    assert context.trial_id == grid[0].trial_id
+    assert context.trial_name == f"trainer_{context.trial_id}"
+    assert context.trial_path == grid[0].path == str(tmp_path / "ctx" / context.trial_name)
+    assert (context.experiment_name, context.experiment_path) == ("ctx", str(tmp_path / "ctx"))
+
+
+def test_results_tables_and_result_grid(tmp_path: Path) -> None:
+    def trainer(config: dict[str, Any]) -> None:
+        if config["lr"] == 0.3:
+            raise ValueError("lr too high")
+        for step in range(1, 4):
+            loss = config["lr"] * 10 / step
+            report({"loss": loss}, checkpoint=Checkpoint.from_dict({"step": step}))
+
+    grid = Tuner(
+        trainer,
+        param_space={"lr": grid_search([0.1, 0.01, 0.3]), "model": {"depth": 2}},
+        tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=2),
+        run_config=RunConfig(name="tables", storage_path=str(tmp_path)),
+    ).fit()
+
+    assert len(grid) == 3 and grid.num_terminated == 2 and grid.num_errors == 1
+    assert "lr too high" in str(grid.errors[0])
+    assert grid[2].status is TrialStatus.ERROR and grid[2].error is not None
+    best = grid.get_best_result()
+    assert best.config == {"lr": 0.01, "model": {"depth": 2}}
+    assert grid.get_best_result(scope="all").config["lr"] == 0.01
+    assert grid.get_best_result(metric="loss", mode="max", scope="avg").config["lr"] == 0.1
+    frame = grid.get_dataframe()
+    assert list(frame["config/lr"]) == [0.1, 0.01, 0.3]
+    assert list(frame["config/model/depth"]) == [2, 2, 2]
+
+    root = tmp_path / "tables"
+    table = pd.read_csv(root / "results.csv")
+    assert list(table["status"]) == ["TERMINATED", "TERMINATED", "ERROR"]
+    assert table.loc[1, "best_score"] == pytest.approx(0.1 / 3)
+    assert list(table["num_checkpoints"]) == [3, 3, 0]
+    assert table.loc[0, "best_checkpoint"] == str(root / grid[0].outcome.trial_name
+                                                  / "checkpoint_000002")
+    assert "lr too high" in table.loc[2, "error"]
+    records = json.loads((root / "results.json").read_text())
+    assert [r["trial_id"] for r in records] == [r.trial_id for r in grid]
+
+
+def test_prefect_records_flow_run_task_runs_and_artifacts(tmp_path: Path) -> None:
+    def trainer(config: dict[str, Any]) -> None:
+        report({"loss": config["x"]})
+
+    grid = Tuner(
+        trainer,
+        param_space={"x": grid_search([3.0, 1.0])},
+        tune_config=TuneConfig(metric="loss", mode="min"),
+        run_config=RunConfig(name="Prefect-Side 1", storage_path=str(tmp_path)),
+    ).fit()
+
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["Prefect-Side 1"]))
+        )
+        assert run.state is not None and run.state.is_completed()
+        task_runs = client.read_task_runs()
+        mine = {t.name: t for t in task_runs if t.flow_run_id == run.id}
+        assert set(mine) == {r.outcome.trial_name for r in grid}
+        assert all("Prefect-Side 1" in t.tags for t in mine.values())
+        artifacts = {
+            a.key: a for a in client.read_artifacts() if a.flow_run_id == run.id and a.key
+        }
+    assert set(artifacts) == {
+        "prefect-side-1-progress", "prefect-side-1-results", "prefect-side-1-summary",
+    }
+    assert artifacts["prefect-side-1-progress"].data == 100.0
+    table = artifacts["prefect-side-1-results"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [row["loss"] for row in table] == [1.0, 3.0]  # best first
+    summary = artifacts["prefect-side-1-summary"].data
+    best = grid.get_best_result()
+    assert f"`{best.outcome.trial_name}` with loss = 1.0" in summary

@@ -1,0 +1,123 @@
+"""The storage contract, run over every backend: local dir, memory://, S3 (moto), GCS (emulator)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from prefect_tune.storage import Checkpoint, ExperimentStore, StorageError, resolve_storage
+from prefect_tune.storage.layout import MANIFEST
+
+from ..conftest import Backend
+
+
+def make_store(backend: Backend, name: str = "exp") -> ExperimentStore:
+    return ExperimentStore(resolve_storage(backend.url, backend.options), name)
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> str:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return str(root)
+
+
+def test_probe_succeeds_and_leaves_nothing(backend: Backend) -> None:
+    store = make_store(backend)
+    store.probe()
+    assert [n for n in store.storage.listdir(store.layout.root) if n.startswith(".probe")] == []
+
+
+def test_write_file_replaces_whole_content(backend: Backend) -> None:
+    store = make_store(backend)
+    store.write_file("results.json", b"[1]")
+    store.write_file("results.json", b"[1, 2]")
+    assert store.storage.read_bytes(store.layout.join("results.json")) == b"[1, 2]"
+
+
+def test_committed_checkpoint_round_trips_every_file(backend: Backend, tmp_path: Path) -> None:
+    files = {"model.bin": os.urandom(70_000), "sub/opt.json": b'{"lr": 0.1}', "empty": b""}
+    source = write_tree(tmp_path / "src", files)
+    store = make_store(backend)
+    store.commit_checkpoint("t_00000", 0, source)
+
+    assert store.committed_indexes("t_00000") == [0]
+    checkpoint = store.checkpoint("t_00000", 0)
+    target = Path(checkpoint.to_directory(str(tmp_path / "out")))
+    got = {
+        str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()
+    }
+    assert got == files  # the manifest is storage-internal and never handed to the user
+    with checkpoint.as_directory() as local:
+        assert Path(local, "model.bin").read_bytes() == files["model.bin"]
+        assert local != checkpoint.path  # a stored checkpoint is never lent out for writing
+
+
+def test_uncommitted_directories_are_never_listed(backend: Backend, tmp_path: Path) -> None:
+    """A checkpoint_N without its manifest (a writer that died mid-upload) is not a checkpoint,
+    and its index is still never reused."""
+    store = make_store(backend)
+    source = write_tree(tmp_path / "src", {"w": b"1"})
+    store.commit_checkpoint("t_00000", 0, source)
+    torn = store.layout.checkpoint_dir("t_00000", 1)
+    store.storage.fs.makedirs(torn, exist_ok=True)
+    store.storage.fs.pipe_file(f"{torn}/w", b"partial")
+    assert store.committed_indexes("t_00000") == [0]
+    assert store.next_index("t_00000") == 2
+
+
+def test_delete_uncommits_then_removes(backend: Backend, tmp_path: Path) -> None:
+    store = make_store(backend)
+    source = write_tree(tmp_path / "src", {"w": b"1", "d/x": b"2"})
+    store.commit_checkpoint("t_00000", 0, source)
+    store.commit_checkpoint("t_00000", 1, source)
+    store.delete_checkpoint("t_00000", 0)
+    assert store.committed_indexes("t_00000") == [1]
+    assert not store.storage.exists(store.layout.checkpoint_dir("t_00000", 0) + "/w")
+    assert store.next_index("t_00000") == 2
+
+
+def test_result_log_round_trips_rows_and_widens_csv(backend: Backend) -> None:
+    store = make_store(backend)
+    log = store.open_log("t_00000")
+    log.append({"loss": 1.5, "training_iteration": 1}, durable=False)
+    log.append({"loss": float("nan"), "acc": 0.5, "training_iteration": 2}, durable=True)
+    log.close()
+    rows = store.read_rows("t_00000")
+    assert [r["training_iteration"] for r in rows] == [1, 2]
+    assert rows[1]["acc"] == 0.5
+    csv = store.storage.read_bytes(store.layout.trial_file("t_00000", "progress.csv")).decode()
+    assert csv.splitlines() == ["loss,training_iteration,acc", "1.5,1,", "nan,2,0.5"]
+
+
+def test_torn_last_line_is_skipped(backend: Backend) -> None:
+    store = make_store(backend)
+    path = store.layout.trial_file("t_00000", "result.json")
+    store.storage.fs.makedirs(store.layout.trial_dir("t_00000"), exist_ok=True)
+    store.storage.fs.pipe_file(path, b'{"training_iteration": 1}\n{"training_iter')
+    assert store.read_rows("t_00000") == [{"training_iteration": 1}]
+
+
+def test_dict_checkpoint_reads_back_from_storage(backend: Backend) -> None:
+    store = make_store(backend)
+    data = {"w": [1.0, 2.0], "step": 3, "nested": {"ok": True}}
+    with Checkpoint.from_dict(data).as_directory() as local:
+        store.commit_checkpoint("t_00000", 0, local)
+    assert store.checkpoint("t_00000", 0).to_dict() == data
+
+
+def test_manifest_lists_files_with_sizes(backend: Backend, tmp_path: Path) -> None:
+    store = make_store(backend)
+    store.commit_checkpoint("t_00000", 4, write_tree(tmp_path / "s", {"a": b"xyz"}))
+    manifest = store.storage.read_bytes(store.layout.checkpoint_dir("t_00000", 4) + "/" + MANIFEST)
+    assert json.loads(manifest) == {"format": 1, "files": {"a": 3}}
+
+
+def test_missing_source_directory_is_a_clear_error(backend: Backend, tmp_path: Path) -> None:
+    store = make_store(backend)
+    with pytest.raises(StorageError, match="does not exist"):
+        store.commit_checkpoint("t_00000", 0, str(tmp_path / "nope"))
+    assert store.committed_indexes("t_00000") == []
