@@ -1,6 +1,6 @@
 """Storage: configuration, checkpoints, the experiment directory and its records."""
 
-from prefect_tune.storage.block import PrefectTuneStorage, storage_from_block
+from prefect_tune.storage.block import TuneStorage, storage_from_block
 from prefect_tune.storage.checkpoint import Checkpoint
 from prefect_tune.storage.config import CheckpointConfig, FailureConfig, RunConfig
 from prefect_tune.storage.errors import (
@@ -26,7 +26,7 @@ __all__ = [
     "FailureConfig",
     "MetricError",
     "OutsideTrialError",
-    "PrefectTuneStorage",
+    "TuneStorage",
     "RunConfig",
     "Storage",
     "StorageError",

@@ -16,7 +16,7 @@ from prefect_tune.storage.errors import ConfigError
 from prefect_tune.storage.filesystem import Storage, resolve_storage
 
 
-class PrefectTuneStorage(WritableFileSystem):
+class TuneStorage(WritableFileSystem):
     """Where prefect-tune experiments live: a path or fsspec URL plus secret options.
 
     Register with `prefect block register -m prefect_tune.storage`. The options (keys,
@@ -24,8 +24,8 @@ class PrefectTuneStorage(WritableFileSystem):
     logs or experiment files. Doubles as Prefect result storage.
     """
 
-    _block_type_name = "Prefect Tune Storage"
-    _block_type_slug = "prefect-tune-storage"
+    _block_type_name = "Tune Storage"
+    _block_type_slug = "tune-storage"
     _description = "Experiment storage for prefect-tune: a local path, NFS mount, s3:// or gs:// URL."
     _documentation_url = "https://pypi.org/project/prefect-tune/"
 
@@ -62,22 +62,22 @@ class PrefectTuneStorage(WritableFileSystem):
 def storage_from_block(block: Any) -> Storage:
     """Resolve a saved block name ("slug/name") or a block instance to a Storage.
 
-    Supported: PrefectTuneStorage, Prefect's RemoteFileSystem and LocalFileSystem.
+    Supported: TuneStorage, Prefect's RemoteFileSystem and LocalFileSystem.
     """
     if isinstance(block, str):
         if "/" not in block:
             raise ConfigError(
                 f"storage_block={block!r} is not a block reference: use 'slug/name', e.g. "
-                f"'prefect-tune-storage/{block}'"
+                f"'tune-storage/{block}'"
             )
         try:
             block = Block.load(block)
         except ValueError as exc:
             raise ConfigError(
                 f"storage_block={block!r} could not be loaded ({exc}); create it first, in "
-                "the UI or with PrefectTuneStorage(url=...).save(name)"
+                "the UI or with TuneStorage(url=...).save(name)"
             ) from exc
-    if isinstance(block, PrefectTuneStorage):
+    if isinstance(block, TuneStorage):
         return block.storage()
     if isinstance(block, RemoteFileSystem):
         return resolve_storage(block.basepath, block.settings)
@@ -87,5 +87,5 @@ def storage_from_block(block: Any) -> Storage:
         return resolve_storage(block.basepath)
     raise ConfigError(
         f"storage_block of type {type(block).__name__} is not supported: use "
-        "PrefectTuneStorage, RemoteFileSystem or LocalFileSystem"
+        "TuneStorage, RemoteFileSystem or LocalFileSystem"
     )

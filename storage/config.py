@@ -98,7 +98,7 @@ class RunConfig:
         storage_options: Keyword arguments for the fsspec filesystem (endpoint, keys).
             Never logged, repr'd or written to storage.
         storage_block: A saved Prefect block ("slug/name") or a block instance:
-            PrefectTuneStorage, RemoteFileSystem or LocalFileSystem.
+            TuneStorage, RemoteFileSystem or LocalFileSystem.
         checkpoint_config: Which checkpoints to keep.
         failure_config: How failing trials are treated.
     """

@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.registry import known_implementations
 
 from prefect_tune.storage.errors import ConfigError, StorageError
 from prefect_tune.storage.layout import MANIFEST, token
@@ -156,10 +157,10 @@ def resolve_storage(url: str, options: Mapping[str, Any] | None = None) -> Stora
         fs, root = fsspec.core.url_to_fs(url, **dict(options or {}))
     except ImportError as exc:
         scheme = url.split("://", 1)[0]
+        known = known_implementations.get(scheme, {})
+        hint = known.get("err") or f"install the fsspec backend for {scheme}://"
         raise StorageError(
-            f"storage_path {url!r} needs the fsspec backend for {scheme!r}, which is not "
-            f"installed ({exc}); install it, e.g. `pip install s3fs` for s3:// or "
-            "`pip install gcsfs` for gs://"
+            f"storage_path {url!r} needs a package that is not installed ({exc}): {hint}"
         ) from exc
     except ValueError as exc:
         if "Protocol not known" not in str(exc):
