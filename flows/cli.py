@@ -8,10 +8,10 @@ import sys
 # Offline machines: without this, the ephemeral server's telemetry call fails noisily.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import cyclopts  # noqa: E402
+import cyclopts
 
-from prefect_tune.flows.demo import run_demo  # noqa: E402
-from prefect_tune.storage import SweepError  # noqa: E402
+from prefect_tune.flows.demo import run_demo
+from prefect_tune.storage import SweepError
 
 app = cyclopts.App(
     name="prefect-tune",

@@ -175,7 +175,7 @@ class ResultGrid:
 def _scope_value(result: Result, metric: str, mode: str, scope: str) -> float | None:
     if scope == "last":
         value = flatten(result.metrics).get(metric)
-        return float(value) if _is_number(value) else None
+        return float(value) if isinstance(value, (int, float)) and _is_number(value) else None
     frame = result.metrics_dataframe
     if metric not in frame.columns:
         return None

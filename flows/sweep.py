@@ -9,11 +9,11 @@ import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from prefect import Flow, flow, get_run_logger, tags
 from prefect.futures import PrefectFuture, as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.results import Result, ResultGrid
@@ -117,7 +117,7 @@ def _outcome(future: PrefectFuture[TrialOutcome], spec: TrialSpec) -> TrialOutco
         return future.result()
     except TrialError as exc:
         return exc.outcome
-    except Exception as exc:  # crashed or cancelled task run: an errored trial, not a dead sweep
+    except Exception as exc:  # noqa: BLE001 - a crashed trial must not end the sweep
         return TrialOutcome(
             spec.trial_id, spec.trial_name, spec.config, TrialStatus.ERROR,
             error=f"{type(exc).__name__}: {exc}",
@@ -131,7 +131,7 @@ def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:
     @flow(
         name="sweep",
         flow_run_name=plan.name,
-        task_runner=ThreadPoolTaskRunner(max_workers=plan.concurrency),
+        task_runner=cast(TaskRunner[Any], ThreadPoolTaskRunner(max_workers=plan.concurrency)),
         persist_result=False,
     )
     def sweep(

@@ -26,7 +26,6 @@ __all__ = [
     "FailureConfig",
     "MetricError",
     "OutsideTrialError",
-    "TuneStorage",
     "RunConfig",
     "Storage",
     "StorageError",
@@ -35,6 +34,7 @@ __all__ = [
     "TrialOutcome",
     "TrialSpec",
     "TrialStatus",
+    "TuneStorage",
     "resolve_storage",
     "storage_from_block",
 ]

@@ -27,7 +27,6 @@ class TuneStorage(WritableFileSystem):
     _block_type_name = "Tune Storage"
     _block_type_slug = "tune-storage"
     _description = "Experiment storage for prefect-tune: a local path, NFS mount, s3:// or gs:// URL."
-    _documentation_url = "https://pypi.org/project/prefect-tune/"
 
     url: str = Field(
         default=...,

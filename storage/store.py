@@ -238,12 +238,12 @@ class ResultLog:
     def _rewrite(self) -> None:
         """Replace both local files with the rows held, then reopen them for appends."""
         self._storage.write_bytes(self._json_path, self._json_text().encode())
-        self._json = open(self._json_path, "a")
+        self._json = open(self._json_path, "a")  # noqa: SIM115 - held until close()
         self._write_csv_file()
 
     def _write_csv_file(self) -> None:
         self._storage.write_bytes(self._csv_path, self._csv_text().encode())
-        self._csv = open(self._csv_path, "a")
+        self._csv = open(self._csv_path, "a")  # noqa: SIM115 - held until close()
 
 
 def _cell(value: Any) -> Any:

@@ -7,7 +7,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import pandas as pd
@@ -73,10 +73,10 @@ def write_results(store: ExperimentStore, frame: pd.DataFrame) -> None:
 
 
 def start_progress(experiment: str) -> UUID:
-    return create_progress_artifact(
+    return cast(UUID, create_progress_artifact(
         0.0, key=artifact_key(experiment, "progress"),
         description=f"Trials of {experiment} finished so far",
-    )
+    ))
 
 
 def advance_progress(artifact_id: UUID, done: int, total: int) -> None:

@@ -26,8 +26,13 @@ from prefect_tune.storage import (
     TrialSpec,
     TrialStatus,
 )
-from prefect_tune.storage.records import AUTO_KEYS, checkpoint_dir_name, rank_key, score_of
-from prefect_tune.storage.records import to_json_value
+from prefect_tune.storage.records import (
+    AUTO_KEYS,
+    checkpoint_dir_name,
+    rank_key,
+    score_of,
+    to_json_value,
+)
 from prefect_tune.storage.retention import retain
 
 

@@ -90,5 +90,5 @@ def _record_failure(session: TrialSession, error: str, logger: Any) -> None:
     try:
         session.close()
         session.store.append_error(session.spec.trial_name, error)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - must not hide the trial's own error
         logger.warning("could not record the failure of %s: %s", session.spec.trial_name, exc)
