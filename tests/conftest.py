@@ -17,13 +17,14 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 SECRET = "do-not-leak-5f3c9a"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -44,6 +45,27 @@ def wait_until_healthy(url: str, proc: subprocess.Popen[bytes], log: str, timeou
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not become healthy; see {log}")
         time.sleep(0.2)
+
+
+def drain_prefect_workers() -> None:
+    """Deliver this process's queued run logs and events to the API."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    EventsWorker.drain_all()
+
+
+def wait_for(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 60) -> T:
+    """Re-read until `done(value)` holds: the server records task runs from events
+    asynchronously. Returns the last value read (the caller asserts on it)."""
+    drain_prefect_workers()
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = read()
+    return value
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +92,7 @@ def prefect_server() -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:
-        from prefect.logging.handlers import APILogHandler
-
-        APILogHandler().flush()  # deliver queued run logs before the server goes away
+        drain_prefect_workers()  # deliver queued logs and events before the server goes away
         os.environ.pop("PREFECT_API_URL", None)
         proc.terminate()
         try:

@@ -16,7 +16,7 @@ from prefect_tune.flows import TuneConfig, Tuner, grid_search
 from prefect_tune.storage import Checkpoint, CheckpointConfig, RunConfig, TrialStatus
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
-from ..conftest import Backend
+from ..conftest import Backend, wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -219,9 +219,14 @@ def test_prefect_records_flow_run_task_runs_and_artifacts(tmp_path: Path) -> Non
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["Prefect-Side 1"]))
         )
         assert run.state is not None and run.state.is_completed()
-        task_runs = client.read_task_runs()
-        mine = {t.name: t for t in task_runs if t.flow_run_id == run.id}
-        assert set(mine) == {r.outcome.trial_name for r in grid}
+        trial_names = {r.outcome.trial_name for r in grid}
+        task_runs = wait_for(
+            lambda: [t for t in client.read_task_runs() if t.flow_run_id == run.id],
+            lambda runs: {t.name for t in runs} == trial_names
+            and all(t.state is not None and t.state.is_completed() for t in runs),
+        )
+        mine = {t.name: t for t in task_runs}
+        assert set(mine) == trial_names
         assert all("Prefect-Side 1" in t.tags for t in mine.values())
         artifacts = {
             a.key: a for a in client.read_artifacts() if a.flow_run_id == run.id and a.key
@@ -236,3 +241,29 @@ def test_prefect_records_flow_run_task_runs_and_artifacts(tmp_path: Path) -> Non
     summary = artifacts["prefect-side-1-summary"].data
     best = grid.get_best_result()
     assert f"`{best.outcome.trial_name}` with loss = 1.0" in summary
+
+
+def test_max_concurrent_trials_bounds_running_trials(tmp_path: Path) -> None:
+    """Pairs of trials meet at a barrier (so two do run at once); never more than two run."""
+    import threading
+
+    barrier = threading.Barrier(2)
+    lock = threading.Lock()
+    running, peak = [0], [0]
+
+    def trainer(config: dict[str, Any]) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        barrier.wait(timeout=60)
+        report({"i": config["i"]})
+        with lock:
+            running[0] -= 1
+
+    grid = Tuner(
+        trainer, param_space={"i": grid_search(list(range(6)))},
+        tune_config=TuneConfig(max_concurrent_trials=2),
+        run_config=RunConfig(name="bounded", storage_path=str(tmp_path)),
+    ).fit()
+    assert grid.num_terminated == 6
+    assert peak[0] == 2

@@ -14,13 +14,14 @@ from typing import Any
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from prefect_tune.flows import Tuner, grid_search
 from prefect_tune.storage import Checkpoint, ConfigError, RunConfig, TuneStorage
 from prefect_tune.tasks import report
 
-from ..conftest import SECRET, gcs_options, s3_options
+from ..conftest import SECRET, drain_prefect_workers, gcs_options, s3_options
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -124,14 +125,13 @@ def test_secrets_never_reach_files_parameters_logs_or_artifacts(
     assert any(f.endswith("error.txt") for f in files)
     for path in files:
         assert SECRET.encode() not in fs.cat_file(path), path
+    drain_prefect_workers()
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs()
         mine = [r for r in runs if r.name in ("secret-path", "secret-block")]
         assert len(mine) == 2
         assert SECRET not in json.dumps([r.parameters for r in mine], default=str)
         for run in mine:
-            from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
             assert logs and not [log for log in logs if SECRET in log.message]
         artifacts = [a for a in client.read_artifacts() if a.flow_run_id in {r.id for r in mine}]
