@@ -34,6 +34,9 @@ from prefect_tune.storage.layout import new_trial_prefix, trial_id, trial_name
 from prefect_tune.tasks import bookkeeping
 from prefect_tune.tasks.trial import TrialSettings, run_trial
 
+#: Task retries standing for FailureConfig(max_failures=-1).
+UNLIMITED = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class SweepPlan:
@@ -90,8 +93,10 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
         plan.name, len(specs), plan.concurrency, store.path,
     )
     progress = bookkeeping.start_progress(plan.name)
+    max_failures = plan.run_config.failure_config.max_failures
+    trial_task = run_trial.with_options(retries=UNLIMITED if max_failures < 0 else max_failures)
     with tags(plan.name):
-        futures = {run_trial.submit(settings, spec): spec for spec in specs}
+        futures = {trial_task.submit(settings, spec): spec for spec in specs}
     outcomes: dict[str, TrialOutcome] = {}
     for done, future in enumerate(as_completed(list(futures)), 1):
         outcome = _outcome(future, futures[future])

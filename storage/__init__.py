@@ -14,7 +14,7 @@ from prefect_tune.storage.errors import (
 )
 from prefect_tune.storage.filesystem import Storage, resolve_storage
 from prefect_tune.storage.records import CheckpointRecord, TrialOutcome, TrialSpec, TrialStatus
-from prefect_tune.storage.store import ExperimentStore
+from prefect_tune.storage.store import ExperimentStore, ResumePoint
 
 __all__ = [
     "Checkpoint",
@@ -26,6 +26,7 @@ __all__ = [
     "FailureConfig",
     "MetricError",
     "OutsideTrialError",
+    "ResumePoint",
     "RunConfig",
     "Storage",
     "StorageError",

@@ -68,6 +68,7 @@ class TrialOutcome:
     best_checkpoints: tuple[CheckpointRecord, ...] = ()
     best_score: float | None = None
     error: str | None = None
+    attempts: int = 1
 
     @property
     def latest_checkpoint(self) -> CheckpointRecord | None:

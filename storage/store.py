@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import IO, Any
 
 from prefect_tune.storage.checkpoint import Checkpoint
@@ -32,10 +33,24 @@ from prefect_tune.storage.layout import (
     token,
     used_index,
 )
-from prefect_tune.storage.records import flatten
+from prefect_tune.storage.records import AUTO_KEYS, CheckpointRecord, flatten
 
 #: On object stores, rows between checkpoints are uploaded at most this often.
 REMOTE_FLUSH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a trial resumes: the result rows up to its latest recorded checkpoint, the
+    checkpoints those rows reference, and the next unused checkpoint index."""
+
+    rows: tuple[dict[str, Any], ...]
+    records: tuple[CheckpointRecord, ...]
+    next_index: int
+
+    @property
+    def latest(self) -> CheckpointRecord | None:
+        return self.records[-1] if self.records else None
 
 
 class ExperimentStore:
@@ -82,13 +97,48 @@ class ExperimentStore:
         entry = f"Failure # {count} (occurred at {stamp})\n{text.rstrip()}\n\n"
         self.storage.write_bytes(path, (previous + entry).encode())
 
-    def open_log(self, trial_name: str) -> ResultLog:
-        """A fresh result log for a trial that starts from scratch."""
+    def open_log(self, trial_name: str, rows: Iterable[Mapping[str, Any]] = ()) -> ResultLog:
+        """The trial's result log, rewritten to hold exactly `rows`."""
         return ResultLog(
             self.storage,
             self.layout.trial_file(trial_name, RESULT_LOG),
             self.layout.trial_file(trial_name, PROGRESS),
+            rows,
         )
+
+    def resume_point(self, trial_name: str) -> ResumePoint:
+        """Read where the trial resumes, and remove what nothing refers to.
+
+        The resume checkpoint is the latest one that is both committed and recorded in
+        result.json (a checkpoint committed just before a crash, without its row, is
+        dropped). Rows reported after it are discarded, so a resumed trial records every
+        training_iteration exactly once. Uncommitted and unrecorded checkpoint
+        directories are deleted; indexes are never reused.
+        """
+        rows = self.read_rows(trial_name)
+        committed = set(self.committed_indexes(trial_name))
+        next_index = self.next_index(trial_name)
+        cut, records = 0, []
+        for position, row in enumerate(rows):
+            index = checkpoint_index(str(row.get("checkpoint_dir_name") or ""))
+            if index is not None and index in committed:
+                cut = position + 1
+                metrics = {k: v for k, v in row.items() if k not in AUTO_KEYS}
+                records.append(CheckpointRecord(index, metrics))
+        self._discard_unreferenced(trial_name, {r.index for r in records})
+        return ResumePoint(tuple(rows[:cut]), tuple(records), next_index)
+
+    def _discard_unreferenced(self, trial_name: str, referenced: set[int]) -> None:
+        trial_dir = self.layout.trial_dir(trial_name)
+        for name in self.storage.listdir(trial_dir):
+            index = used_index(name)
+            if index is None or index in referenced:
+                continue
+            path = f"{trial_dir}/{name}"
+            if checkpoint_index(name) is not None and self.storage.exists(f"{path}/{MANIFEST}"):
+                self.delete_checkpoint(trial_name, index)
+            else:
+                self.storage.fs.rm(path, recursive=True)
 
     def commit_checkpoint(self, trial_name: str, index: int, source: str) -> None:
         """Publish local directory `source` as checkpoint `index` of the trial."""
@@ -177,6 +227,9 @@ class ResultLog:
         if storage.is_local:
             os.makedirs(os.path.dirname(json_path), exist_ok=True)
             self._rewrite()
+        else:
+            self._dirty = True
+            self.flush()
 
     @property
     def rows(self) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from prefect_tune.storage import (
     ExperimentStore,
     MetricError,
     OutsideTrialError,
+    ResumePoint,
     TrialOutcome,
     TrialSpec,
     TrialStatus,
@@ -61,6 +62,7 @@ class TrialSession:
         score_order: str,
         attempt: int,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        resume: ResumePoint | None = None,
     ) -> None:
         self.store = store
         self.spec = spec
@@ -77,7 +79,6 @@ class TrialSession:
             attempt=attempt,
         )
         self.restored: Checkpoint | None = None
-        self.log = store.open_log(spec.trial_name)
         self.records: list[CheckpointRecord] = []
         self.best: tuple[CheckpointRecord, ...] = ()
         self.next_index = 0
@@ -85,6 +86,19 @@ class TrialSession:
         self.last_metrics: dict[str, Any] = {}
         self.best_score: float | None = None
         self._unreclaimed: set[int] = set()
+        rows: tuple[dict[str, Any], ...] = ()
+        if resume is not None:
+            rows, self.records, self.next_index = resume.rows, list(resume.records), \
+                resume.next_index
+            _, self.best = retain(self.records, checkpoint_config)
+            if resume.latest is not None:
+                self.restored = store.checkpoint(spec.trial_name, resume.latest.index)
+            for row in rows:
+                self._track_best(row)
+            if rows:
+                self.iteration = int(rows[-1]["training_iteration"])
+                self.last_metrics = dict(rows[-1])
+        self.log = store.open_log(spec.trial_name, rows)
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
         clean = self._clean(metrics)
@@ -189,6 +203,7 @@ class TrialSession:
             best_checkpoints=self.best,
             best_score=self.best_score,
             error=error,
+            attempts=self.context.attempt,
         )
 
 

@@ -8,13 +8,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import State, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from prefect_tune.storage import (
     CheckpointConfig,
+    CheckpointError,
+    ConfigError,
     ExperimentStore,
+    MetricError,
     TrialError,
     TrialOutcome,
     TrialSpec,
@@ -34,14 +37,25 @@ class TrialSettings:
     score_order: str
 
 
+def should_retry(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """Retry a failed trial unless its error is deterministic (bad metric or checkpoint)."""
+    error = state.result(raise_on_failure=False)
+    cause = error.__cause__ if isinstance(error, TrialError) else error
+    return not isinstance(cause, (MetricError, CheckpointError, ConfigError))
+
+
 @task(
     name="trial",
     task_run_name="{spec.trial_name}",
     persist_result=False,
     cache_policy=NO_CACHE,
+    retry_condition_fn=should_retry,
 )
 def run_trial(settings: TrialSettings, spec: TrialSpec) -> TrialOutcome:
     """Run `settings.trainable(config)` as trial `spec` and return its outcome.
+
+    A retry (attempt > 1) resumes from the trial's latest committed checkpoint, and
+    its result history is cut back to that checkpoint.
 
     Raises:
         TrialError: the trainable (or the trial's storage) failed; carries the outcome,
@@ -49,16 +63,23 @@ def run_trial(settings: TrialSettings, spec: TrialSpec) -> TrialOutcome:
     """
     logger = get_run_logger()
     store = settings.store
+    attempt = max(int(task_run.run_count), 1)
     session = TrialSession(
         store,
         spec,
         checkpoint_config=settings.checkpoint_config,
         score_attribute=settings.score_attribute,
         score_order=settings.score_order,
-        attempt=max(int(task_run.run_count), 1),
+        attempt=attempt,
         logger=logger,
+        resume=store.resume_point(spec.trial_name) if attempt > 1 else None,
     )
-    logger.info("trial %s started: %s", spec.trial_name, session.context.trial_path)
+    restored = session.restored
+    logger.info(
+        "trial %s attempt %d %s: %s", spec.trial_name, attempt,
+        f"resumed from {restored.path.rsplit('/', 1)[-1]}" if restored else "started fresh",
+        session.context.trial_path,
+    )
     token = _SESSION.set(session)
     try:
         store.write_params(spec.trial_name, spec.config)

@@ -1,0 +1,122 @@
+"""Trial-level fault tolerance: FailureConfig(max_failures) retries resume from the latest
+committed checkpoint, keep every training_iteration exactly once, and record each failure."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_tune.flows import Tuner
+from prefect_tune.storage import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    TrialStatus,
+)
+from prefect_tune.tasks import get_checkpoint, get_context, report
+
+from ..conftest import Backend
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+class FlakyTrainer:
+    """Counts its calls; fails once at step 4 (after checkpoints at steps 1 and 3)."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[int, int | None]] = []
+        self.lock = threading.Lock()
+        self.__name__ = "flaky"
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        checkpoint = get_checkpoint()
+        start = checkpoint.to_dict()["step"] + 1 if checkpoint else 1
+        attempt = get_context().attempt
+        with self.lock:
+            self.starts.append((attempt, start))
+        for step in range(start, 7):
+            if attempt == 1 and step == 4:
+                raise RuntimeError("preempted at step 4")
+            saved = Checkpoint.from_dict({"step": step}) if step % 2 == 1 else None
+            report({"step": step, "loss": 10.0 - step}, checkpoint=saved)
+
+
+def test_retry_resumes_from_latest_checkpoint_without_duplicate_rows(backend: Backend) -> None:
+    trainer = FlakyTrainer()
+    grid = Tuner(trainer, run_config=RunConfig(
+        name="retry", storage_path=backend.url, storage_options=backend.options or None,
+        checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="loss",
+                                           checkpoint_score_order="min"),
+        failure_config=FailureConfig(max_failures=2),
+    )).fit()
+
+    (result,) = grid
+    assert trainer.starts == [(1, 1), (2, 4)]  # the retry started after checkpoint step 3
+    assert result.status is TrialStatus.TERMINATED and result.outcome.attempts == 2
+    frame = result.metrics_dataframe
+    assert frame["training_iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert frame["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    # checkpoint numbering continues: step 1 -> 0, step 3 -> 1, step 5 -> 2 (after retry)
+    assert [n if isinstance(n, str) else None for n in frame["checkpoint_dir_name"]] == [
+        "checkpoint_000000", None, "checkpoint_000001", None, "checkpoint_000002", None,
+    ]
+    assert result.checkpoint is not None and result.checkpoint.to_dict() == {"step": 5}
+    fs = backend.fs
+    trial_dir = result.path.split("://", 1)[-1]
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(trial_dir, detail=False, refresh=True))
+    assert [n for n in names if "checkpoint_" in n] == ["checkpoint_000002"]
+    error = fs.cat_file(f"{trial_dir}/error.txt").decode()
+    assert error.count("Failure # ") == 1 and "preempted at step 4" in error
+
+
+def test_failure_without_checkpoint_restarts_from_scratch(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def trainer(config: dict[str, Any]) -> None:
+        calls.append(get_context().attempt)
+        assert get_checkpoint() is None
+        report({"x": 1})
+        if len(calls) == 1:
+            raise OSError("flaky disk")
+        report({"x": 2})
+
+    grid = Tuner(trainer, run_config=RunConfig(
+        name="scratch", storage_path=str(tmp_path), failure_config=FailureConfig(max_failures=1),
+    )).fit()
+
+    assert calls == [1, 2]
+    assert grid[0].metrics_dataframe["training_iteration"].tolist() == [1, 2]
+    assert grid[0].metrics_dataframe["x"].tolist() == [1, 2]
+
+
+def test_exhausted_retries_leave_the_trial_errored_with_every_failure(tmp_path: Path) -> None:
+    def trainer(config: dict[str, Any]) -> None:
+        raise RuntimeError(f"attempt {get_context().attempt} failed")
+
+    grid = Tuner(trainer, run_config=RunConfig(
+        name="exhausted", storage_path=str(tmp_path), failure_config=FailureConfig(max_failures=2),
+    )).fit()
+
+    assert grid.num_errors == 1 and grid[0].outcome.attempts == 3
+    error = (Path(grid[0].path) / "error.txt").read_text()
+    assert [f"Failure # {i} " in error for i in (1, 2, 3)] == [True] * 3
+    assert "attempt 3 failed" in error and "Failure # 4" not in error
+
+
+def test_bad_metrics_are_not_retried(tmp_path: Path) -> None:
+    attempts: list[int] = []
+
+    def trainer(config: dict[str, Any]) -> None:
+        attempts.append(get_context().attempt)
+        report({"weights": object()})
+
+    grid = Tuner(trainer, run_config=RunConfig(
+        name="noretry", storage_path=str(tmp_path), failure_config=FailureConfig(max_failures=3),
+    )).fit()
+
+    assert attempts == [1]
+    assert grid.num_errors == 1
