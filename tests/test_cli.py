@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 
+#: The console script installed beside this interpreter.
+CLI = str(Path(sys.executable).with_name("prefect-tune"))
+
+
 def run_cli(*args: str, api: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["prefect-tune", *args], check=False, env=dict(os.environ, PREFECT_API_URL=api),
+        [CLI, *args], check=False, env=dict(os.environ, PREFECT_API_URL=api),
         capture_output=True, text=True, timeout=300,
     )
 
@@ -41,6 +46,6 @@ def test_errors_are_one_clear_line_and_exit_nonzero(prefect_server: str) -> None
 
 def test_help_lists_demo() -> None:
     done = subprocess.run(
-        ["prefect-tune", "--help"], check=False, capture_output=True, text=True, timeout=120
+        [CLI, "--help"], check=False, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "demo" in done.stdout
