@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-
 #: The console script installed beside this interpreter.
 CLI = str(Path(sys.executable).with_name("prefect-tune"))
 
