@@ -80,18 +80,30 @@ class Storage:
         """
         files = _local_files(source)
         manifest = json.dumps({"format": 1, "files": files}, sort_keys=True).encode()
-        if self.is_local:
-            shutil.copytree(source, staging)
-            with open(os.path.join(staging, MANIFEST), "wb") as handle:
-                handle.write(manifest)
-            os.rename(staging, final)
-            return
-        if files:
-            self.fs.put(
-                [os.path.join(source, rel) for rel in files],
-                [f"{final}/{rel}" for rel in files],
-            )
-        self.fs.pipe_file(f"{final}/{MANIFEST}", manifest)
+        try:
+            if self.is_local:
+                shutil.copytree(source, staging)
+                with open(os.path.join(staging, MANIFEST), "wb") as handle:
+                    handle.write(manifest)
+                os.rename(staging, final)
+                return
+            if files:
+                self.fs.put(
+                    [os.path.join(source, rel) for rel in files],
+                    [f"{final}/{rel}" for rel in files],
+                )
+            self.fs.pipe_file(f"{final}/{MANIFEST}", manifest)
+        except BaseException:
+            self._remove_quietly(staging if self.is_local else final)
+            raise
+
+    def _remove_quietly(self, path: str) -> None:
+        """Best-effort removal of an uncommitted upload; what remains is never read, and a
+        resumed trial removes it."""
+        try:
+            self.fs.rm(path, recursive=True)
+        except OSError:
+            pass
 
     def delete_directory(self, path: str, trash: str) -> None:
         """Remove a committed directory so that it stops being committed first.

@@ -121,3 +121,15 @@ def test_missing_source_directory_is_a_clear_error(backend: Backend, tmp_path: P
     with pytest.raises(StorageError, match="does not exist"):
         store.commit_checkpoint("t_00000", 0, str(tmp_path / "nope"))
     assert store.committed_indexes("t_00000") == []
+
+
+def test_failed_upload_leaves_no_partial_checkpoint(backend: Backend, tmp_path: Path) -> None:
+    """A source file that cannot be read (EIO) fails the commit mid-copy and leaves nothing."""
+    source = tmp_path / "src"
+    write_tree(source, {"a": b"1" * 100_000})
+    (source / "z_unreadable").symlink_to("/proc/self/mem")  # stat works, read fails with EIO
+    store = make_store(backend)
+    with pytest.raises(OSError):
+        store.commit_checkpoint("t_00000", 0, str(source))
+    assert store.committed_indexes("t_00000") == []
+    assert store.storage.listdir(store.layout.trial_dir("t_00000")) == []
