@@ -109,13 +109,19 @@ class Storage:
         """Remove a committed directory so that it stops being committed first.
 
         Locally it is renamed to `trash` (atomic) and then removed; on object stores the
-        manifest goes first, then the rest.
+        manifest goes first, then the rest. Idempotent: calling it again after a partial
+        failure finishes the job (pass the same `trash`).
+
+        Raises:
+            FileNotFoundError: nothing of `path` (or `trash`) is left.
         """
         if self.is_local:
-            os.rename(path, trash)
+            if os.path.isdir(path):
+                os.rename(path, trash)
             shutil.rmtree(trash)
             return
-        self.fs.rm_file(f"{path}/{MANIFEST}")
+        if self.fs.exists(f"{path}/{MANIFEST}"):
+            self.fs.rm_file(f"{path}/{MANIFEST}")
         self.fs.rm(path, recursive=True)
 
     def probe(self, path: str) -> None:

@@ -99,9 +99,10 @@ class ExperimentLayout:
     def checkpoint_dir(self, trial_name: str, index: int) -> str:
         return self.join(trial_name, checkpoint_dir_name(index))
 
-    def staging_dir(self, trial_name: str, index: int, kind: str = "tmp") -> str:
-        """Where checkpoint `index` is written before commit, or moved before deletion."""
-        return self.join(trial_name, f".{checkpoint_dir_name(index)}.{kind}-{token()}")
+    def staging_dir(self, trial_name: str, index: int) -> str:
+        """Where checkpoint `index` is written before it is committed."""
+        return self.join(trial_name, f".{checkpoint_dir_name(index)}.tmp-{token()}")
 
-    def probe_file(self) -> str:
-        return self.join(f".probe-{token()}")
+    def trash_dir(self, trial_name: str, index: int) -> str:
+        """Where checkpoint `index` is moved to be deleted; fixed, so a retry finds it."""
+        return self.join(trial_name, f".{checkpoint_dir_name(index)}.deleting-0")

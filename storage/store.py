@@ -117,7 +117,13 @@ class ExperimentStore:
         """
         rows = self.read_rows(trial_name)
         committed = set(self.committed_indexes(trial_name))
-        next_index = self.next_index(trial_name)
+        referenced = [
+            checkpoint_index(str(row.get("checkpoint_dir_name") or "")) for row in rows
+        ]
+        next_index = max(
+            self.next_index(trial_name),
+            max((i for i in referenced if i is not None), default=-1) + 1,
+        )
         cut, records = 0, []
         for position, row in enumerate(rows):
             index = checkpoint_index(str(row.get("checkpoint_dir_name") or ""))
@@ -157,8 +163,9 @@ class ExperimentStore:
             ) from exc
 
     def delete_checkpoint(self, trial_name: str, index: int) -> None:
+        """Delete checkpoint `index`; after a partial failure, calling again finishes it."""
         path = self.layout.checkpoint_dir(trial_name, index)
-        self.storage.delete_directory(path, self.layout.staging_dir(trial_name, index, "deleting"))
+        self.storage.delete_directory(path, self.layout.trash_dir(trial_name, index))
 
     def committed_indexes(self, trial_name: str) -> list[int]:
         """Indexes of the trial's committed checkpoints, ascending."""
@@ -291,12 +298,12 @@ class ResultLog:
     def _rewrite(self) -> None:
         """Replace both local files with the rows held, then reopen them for appends."""
         self._storage.write_bytes(self._json_path, self._json_text().encode())
-        self._json = open(self._json_path, "a")  # noqa: SIM115 - held until close()
+        self._json = open(self._json_path, "a", encoding="utf-8")  # noqa: SIM115 - held until close()
         self._write_csv_file()
 
     def _write_csv_file(self) -> None:
         self._storage.write_bytes(self._csv_path, self._csv_text().encode())
-        self._csv = open(self._csv_path, "a")  # noqa: SIM115 - held until close()
+        self._csv = open(self._csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - held until close()
 
 
 def _cell(value: Any) -> Any:

@@ -90,7 +90,10 @@ def publish_results(
     """The top-trials table and a markdown summary of the best trial."""
     table = frame
     if metric and mode and metric in frame.columns:
-        table = frame.sort_values(metric, ascending=mode == "min", na_position="last")
+        table = frame.sort_values(
+            metric, ascending=mode == "min", na_position="last",
+            key=lambda column: pd.to_numeric(column, errors="coerce"),
+        )
     keep = [c for c in table.columns if c not in ("trial_id", "error")]
     create_table_artifact(
         json.loads(table[keep].head(ARTIFACT_ROWS).to_json(orient="records")),

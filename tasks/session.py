@@ -115,6 +115,8 @@ class TrialSession:
                 f"{sorted(clean) or 'none'}); checkpoints are ranked by "
                 f"checkpoint_score_attribute={attribute!r}, so report it with every checkpoint"
             )
+        if self.score_attribute is not None:
+            score_of(clean, self.score_attribute)  # a non-numeric score fails before any write
         dir_name = None
         if persist:
             assert checkpoint is not None

@@ -122,3 +122,18 @@ def test_fit_of_invalid_config_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         RunConfig(storage_path=str(tmp_path), storage_block="tune-storage/x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_non_numeric_tune_metric_fails_that_trial_before_writing(tmp_path: Path) -> None:
+    from prefect_tune.flows import TuneConfig, grid_search
+
+    def trainer(config: dict[str, Any]) -> None:
+        report({"loss": "bad" if config["bad"] else 1.0}, checkpoint=Checkpoint.from_dict({}))
+
+    grid = Tuner(trainer, param_space={"bad": grid_search([True, False])},
+                 tune_config=TuneConfig(metric="loss", mode="min"),
+                 run_config=RunConfig(name="textloss", storage_path=str(tmp_path))).fit()
+
+    assert grid.num_errors == 1 and "'loss' is 'bad', not a number" in str(grid.errors[0])
+    assert grid[0].checkpoint is None and grid[0].metrics_dataframe.empty
+    assert grid.get_best_result().config == {"bad": False}

@@ -133,3 +133,25 @@ def test_failed_upload_leaves_no_partial_checkpoint(backend: Backend, tmp_path: 
         store.commit_checkpoint("t_00000", 0, str(source))
     assert store.committed_indexes("t_00000") == []
     assert store.storage.listdir(store.layout.trial_dir("t_00000")) == []
+
+
+def test_interrupted_delete_is_finished_by_the_retry(backend: Backend, tmp_path: Path) -> None:
+    """A delete that stopped after uncommitting (manifest gone, files left) is completed by
+    calling it again, and leaves nothing behind."""
+    store = make_store(backend)
+    store.commit_checkpoint("t_00000", 0, write_tree(tmp_path / "s", {"w": b"1"}))
+    path = store.layout.checkpoint_dir("t_00000", 0)
+    if store.storage.is_local:
+        os.rename(path, store.layout.trash_dir("t_00000", 0))  # renamed, rmtree never ran
+    else:
+        store.storage.fs.rm_file(f"{path}/{MANIFEST}")  # uncommitted, rm never ran
+    store.delete_checkpoint("t_00000", 0)
+    assert store.storage.listdir(store.layout.trial_dir("t_00000")) == []
+
+
+def test_resume_never_reuses_an_index_a_row_referenced(backend: Backend, tmp_path: Path) -> None:
+    store = make_store(backend)
+    log = store.open_log("t_00000")
+    log.append({"training_iteration": 1, "checkpoint_dir_name": "checkpoint_000004"}, durable=True)
+    log.close()
+    assert store.resume_point("t_00000").next_index == 5
