@@ -64,8 +64,10 @@ class Storage:
     def listdir(self, path: str) -> list[str]:
         """Base names directly under `path`; [] when it does not exist."""
         try:
-            entries = self.fs.ls(path, detail=False, refresh=True) if not self.is_local \
-                else os.listdir(path)
+            if self.is_local:
+                entries = os.listdir(path)
+            else:
+                entries = self.fs.ls(path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
         return [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]

@@ -103,6 +103,10 @@ class ExperimentLayout:
         """Where checkpoint `index` is written before it is committed."""
         return self.join(trial_name, f".{checkpoint_dir_name(index)}.tmp-{token()}")
 
+    def probe_file(self) -> str:
+        """A fresh name for the storage probe, in the experiment directory."""
+        return self.join(f".probe-{token()}")
+
     def trash_dir(self, trial_name: str, index: int) -> str:
         """Where checkpoint `index` is moved to be deleted; fixed, so a retry finds it."""
         return self.join(trial_name, f".{checkpoint_dir_name(index)}.deleting-0")

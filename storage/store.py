@@ -30,7 +30,6 @@ from prefect_tune.storage.layout import (
     RESULT_LOG,
     ExperimentLayout,
     checkpoint_index,
-    token,
     used_index,
 )
 from prefect_tune.storage.records import AUTO_KEYS, CheckpointRecord, flatten
@@ -71,7 +70,7 @@ class ExperimentStore:
 
     def probe(self) -> None:
         """Check that the experiment directory can be written, read and deleted from."""
-        self.storage.probe(self.layout.join(f".probe-{token()}"))
+        self.storage.probe(self.layout.probe_file())
 
     def trial_uri(self, trial_name: str) -> str:
         return self.storage.uri(self.layout.trial_dir(trial_name))
@@ -229,13 +228,12 @@ class ResultLog:
             self._remember(row)
         self._json: IO[str] | None = None
         self._csv: IO[str] | None = None
-        self._dirty = False
+        self._dirty = True  # the stored files must be made to hold exactly `rows`
         self._last_flush = time.monotonic()
         if storage.is_local:
             os.makedirs(os.path.dirname(json_path), exist_ok=True)
             self._rewrite()
         else:
-            self._dirty = True
             self.flush()
 
     @property
