@@ -18,6 +18,11 @@ class TuneConfig:
         num_samples: How often the search space is sampled; repeats the whole grid.
         max_concurrent_trials: Trials running at once; default: the CPU count.
         seed: Makes sampling reproducible.
+        isolation: How each trial attempt runs: "process" (default) in a child process of
+            its task, so that a hard death (SIGKILL, out of memory, a segfault) is a
+            retried failure; "thread" in the task's thread, for trials too small to pay
+            for a process start (about 0.2 s). Trials on memory:// storage, which lives
+            in one process, always run in a thread.
     """
 
     metric: str | None = None
@@ -25,6 +30,7 @@ class TuneConfig:
     num_samples: int = 1
     max_concurrent_trials: int | None = None
     seed: int | None = None
+    isolation: Literal["process", "thread"] = "process"
 
     def __post_init__(self) -> None:
         if self.mode not in (None, "min", "max"):
@@ -43,5 +49,9 @@ class TuneConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{name}={value!r} is invalid: use an integer >= {minimum}")
+        if self.isolation not in ("process", "thread"):
+            raise ConfigError(
+                f'isolation={self.isolation!r} is invalid: use "process" or "thread"'
+            )
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed={self.seed!r} is invalid: use an integer")

@@ -1,6 +1,8 @@
 """The sweep: one Prefect flow run per experiment, one task run per trial.
 
 `run_sweep` is the single code path every entry point uses; it must run inside a flow.
+A new sweep writes experiment.json before any trial starts; a restore reads it back and
+runs only the trials its `Resume` policy selects, under their old ids.
 """
 
 from __future__ import annotations
@@ -8,29 +10,36 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
 from prefect import Flow, flow, get_run_logger, tags
+from prefect.exceptions import CancelledRun
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.results import Result, ResultGrid
 from prefect_tune.flows.search_space import generate_configs, space_to_json
 from prefect_tune.storage import (
+    CheckpointConfig,
+    ConfigError,
     ExperimentStore,
+    FailureConfig,
     RunConfig,
     Storage,
     TrialError,
     TrialOutcome,
     TrialSpec,
     TrialStatus,
+    TuneStorage,
     resolve_storage,
     storage_from_block,
 )
 from prefect_tune.storage.config import DEFAULT_STORAGE_PATH
-from prefect_tune.storage.layout import new_trial_prefix, trial_id, trial_name
+from prefect_tune.storage.layout import PREFECT_RESULTS, new_trial_prefix, trial_id, trial_name
+from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks import bookkeeping
 from prefect_tune.tasks.trial import TrialSettings, run_trial
 
@@ -39,8 +48,22 @@ UNLIMITED = 2**31 - 1
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Which trials a restore runs again, by their stored status.
+
+    Finished (TERMINATED) trials are kept unless `finished`, which resubmits them so that
+    Prefect returns their cached outcome (a flow-run retry shows them as Cached).
+    """
+
+    unfinished: bool = True
+    errored: bool = False
+    restart_errored: bool = False
+    finished: bool = False
+
+
+@dataclass(frozen=True)
 class SweepPlan:
-    """A validated sweep, ready to run."""
+    """A validated sweep, ready to run; `resume` set means: continue the stored one."""
 
     name: str
     trainable: Callable[[dict[str, Any]], Any]
@@ -48,6 +71,7 @@ class SweepPlan:
     param_space: Mapping[str, Any]
     tune_config: TuneConfig
     run_config: RunConfig
+    resume: Resume | None = None
 
     @property
     def concurrency(self) -> int:
@@ -63,65 +87,167 @@ def resolve_run_storage(run_config: RunConfig) -> Storage:
     )
 
 
-def plan_trials(plan: SweepPlan) -> list[TrialSpec]:
-    """The trials of a sweep: sampled configs under fresh, id-based names."""
-    seed = plan.tune_config.seed
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**32)
-    configs = generate_configs(plan.param_space, plan.tune_config.num_samples, random.Random(seed))
+def new_record(plan: SweepPlan) -> ExperimentRecord:
+    """The state of a new experiment: sampled configs under fresh, id-based names."""
+    tune = plan.tune_config
+    seed = tune.seed if tune.seed is not None else random.SystemRandom().randrange(2**32)
+    configs = generate_configs(plan.param_space, tune.num_samples, random.Random(seed))
     prefix = new_trial_prefix()
     ids = [trial_id(prefix, i) for i in range(len(configs))]
-    return [
-        TrialSpec(tid, trial_name(plan.trainable_name, tid), config)
-        for tid, config in zip(ids, configs, strict=True)
-    ]
+    return ExperimentRecord(
+        trainable=plan.trainable_name,
+        seed=seed,
+        param_space=space_to_json(plan.param_space),
+        trials=tuple(
+            TrialSpec(tid, trial_name(plan.trainable_name, tid), config)
+            for tid, config in zip(ids, configs, strict=True)
+        ),
+        tune=asdict(tune),
+        run={
+            "checkpoint_config": asdict(plan.run_config.checkpoint_config),
+            "failure_config": asdict(plan.run_config.failure_config),
+            "flow_run_id": flow_run.id,
+        },
+    )
+
+
+def stored_configs(record: ExperimentRecord) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
+    """The settings a stored experiment was created with."""
+    return (
+        TuneConfig(**record.tune),
+        CheckpointConfig(**record.run["checkpoint_config"]),
+        FailureConfig(**record.run["failure_config"]),
+    )
+
+
+def _open(plan: SweepPlan, store: ExperimentStore) -> tuple[ExperimentRecord, Resume | None]:
+    """Create the experiment, or read it back to continue it.
+
+    A flow-run retry (run_count > 1) of the run that created the experiment continues it.
+    """
+    resume = plan.resume
+    if resume is None and store.exists():
+        record = store.read_experiment()
+        if flow_run.run_count > 1 and record.run.get("flow_run_id") == flow_run.id:
+            return record, Resume(errored=True, finished=True)
+        raise ConfigError(
+            f"experiment {plan.name!r} already exists at {store.path}; continue it with "
+            f"Tuner.restore({store.path!r}, trainable=...), or give RunConfig(name=...) "
+            "a new name"
+        )
+    if resume is None:
+        record = new_record(plan)
+        store.create(record)
+        return record, None
+    return store.read_experiment(), resume
 
 
 def run_sweep(plan: SweepPlan) -> ResultGrid:
-    """Probe storage, run every trial as a task, then write results and artifacts."""
+    """Probe storage, run the selected trials as tasks, then write results and artifacts."""
     logger = get_run_logger()
     store = ExperimentStore(resolve_run_storage(plan.run_config), plan.name)
     store.probe()
-    specs = plan_trials(plan)
+    record, resume = _open(plan, store)
     tune, checkpoints = plan.tune_config, plan.run_config.checkpoint_config
     score_attribute = checkpoints.checkpoint_score_attribute or tune.metric
     score_order = checkpoints.checkpoint_score_order if checkpoints.checkpoint_score_attribute \
         else (tune.mode or "max")
-    settings = TrialSettings(plan.trainable, store, checkpoints, score_attribute, score_order)
+    max_failures = plan.run_config.failure_config.max_failures
+    settings = TrialSettings(
+        plan.trainable, store, checkpoints, score_attribute, score_order,
+        max_failures=max_failures, isolation=tune.isolation,
+    )
+    kept, work = _select(store, record, resume)
     logger.info(
-        "sweep %s: %d trials, %d at a time, storage %s",
-        plan.name, len(specs), plan.concurrency, store.path,
+        "sweep %s: %d trials (%d to run), %d at a time, storage %s",
+        plan.name, len(record.trials), len(work), plan.concurrency, store.path,
     )
     progress = bookkeeping.start_progress(plan.name)
-    max_failures = plan.run_config.failure_config.max_failures
     trial_task = run_trial.with_options(retries=UNLIMITED if max_failures < 0 else max_failures)
+    # Trial outcomes persist beside the experiment, so a retried flow run finds them
+    # wherever it runs. Task() insists on a saved block (for readers other than the task);
+    # only the sweep reads these, and saving one would copy credentials into Prefect.
+    trial_task.result_storage = TuneStorage.over(
+        store.storage, store.layout.join(PREFECT_RESULTS)
+    )
     with tags(plan.name):
-        futures = {trial_task.submit(settings, spec): spec for spec in specs}
-    outcomes: dict[str, TrialOutcome] = {}
-    for done, future in enumerate(as_completed(list(futures)), 1):
-        outcome = _outcome(future, futures[future])
+        futures = {
+            trial_task.submit(settings, spec, prior, restart): spec
+            for spec, prior, restart in work
+        }
+    outcomes = dict(kept)
+    fail_fast = plan.run_config.failure_config.fail_fast
+    for done, future in enumerate(as_completed(list(futures)), len(kept) + 1):
+        outcome = _outcome(future, futures[future], store)
         outcomes[outcome.trial_id] = outcome
-        bookkeeping.advance_progress(progress, done, len(specs))
-    ordered = [outcomes[spec.trial_id] for spec in specs]
+        bookkeeping.advance_progress(progress, done, len(record.trials))
+        if fail_fast and outcome.status is TrialStatus.ERROR and not settings.stop.is_set():
+            logger.error("fail_fast: trial %s failed; stopping the sweep", outcome.trial_name)
+            settings.stop.set()
+    ordered = [outcomes[spec.trial_id] for spec in record.trials]
     frame = bookkeeping.results_frame(ordered, store, score_attribute, score_order)
     bookkeeping.write_results(store, frame)
     best = bookkeeping.best_outcome(ordered, tune.metric, tune.mode)
     bookkeeping.publish_results(plan.name, store, frame, best, tune.metric, tune.mode)
+    counts = {s: sum(o.status is s for o in ordered) for s in TrialStatus}
     logger.info(
-        "sweep %s finished: %d terminated, %d errored; results in %s",
-        plan.name, sum(o.status is TrialStatus.TERMINATED for o in ordered),
-        sum(o.status is TrialStatus.ERROR for o in ordered), store.path,
+        "sweep %s finished: %d terminated, %d errored, %d stopped; results in %s",
+        plan.name, counts[TrialStatus.TERMINATED], counts[TrialStatus.ERROR],
+        counts[TrialStatus.STOPPED], store.path,
     )
-    return ResultGrid(
-        [Result(o, store) for o in ordered], store.path, tune.metric, tune.mode
-    )
+    return ResultGrid([Result(o, store) for o in ordered], store.path, tune.metric, tune.mode)
 
 
-def _outcome(future: PrefectFuture[TrialOutcome], spec: TrialSpec) -> TrialOutcome:
+Work = tuple[TrialSpec, int, bool]
+
+
+def _select(
+    store: ExperimentStore, record: ExperimentRecord, resume: Resume | None
+) -> tuple[dict[str, TrialOutcome], list[Work]]:
+    """Split the trials into kept outcomes and work: (spec, prior attempts, restart)."""
+    if resume is None:
+        return {}, [(spec, 0, False) for spec in record.trials]
+    kept: dict[str, TrialOutcome] = {}
+    work: list[Work] = []
+    for spec, stored in zip(record.trials, store.read_trial_states(record.trials), strict=True):
+        status = stored.status if stored is not None else TrialStatus.PENDING
+        prior = stored.attempts if stored is not None else 0
+        if status is TrialStatus.TERMINATED:
+            if resume.finished:
+                work.append((spec, prior, False))
+            else:
+                kept[spec.trial_id] = cast(TrialOutcome, stored)
+        elif status is TrialStatus.ERROR:
+            if resume.restart_errored:
+                work.append((spec, 0, True))
+            elif resume.errored:
+                work.append((spec, prior, False))
+            else:
+                kept[spec.trial_id] = cast(TrialOutcome, stored)
+        elif resume.unfinished:
+            work.append((spec, prior, False))
+        else:
+            stopped = replace(
+                stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config, status),
+                status=TrialStatus.STOPPED,
+            )
+            store.write_trial_state(stopped)
+            kept[spec.trial_id] = stopped
+    return kept, work
+
+
+def _outcome(
+    future: PrefectFuture[Any], spec: TrialSpec, store: ExperimentStore
+) -> TrialOutcome:
     try:
-        return future.result()
+        return cast(TrialOutcome, future.result())
     except TrialError as exc:
         return exc.outcome
+    except CancelledRun:
+        stored = store.read_trial_state(spec)
+        return stored or TrialOutcome(
+            spec.trial_id, spec.trial_name, spec.config, TrialStatus.STOPPED
+        )
     except Exception as exc:  # noqa: BLE001 - a crashed trial must not end the sweep
         return TrialOutcome(
             spec.trial_id, spec.trial_name, spec.config, TrialStatus.ERROR,

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from prefect_tune.flows.config import TuneConfig
-from prefect_tune.flows.results import ResultGrid
+from prefect_tune.flows.results import Result, ResultGrid
 from prefect_tune.flows.search_space import validate_space
-from prefect_tune.flows.sweep import SweepPlan, tune_flow
-from prefect_tune.storage import ConfigError, RunConfig
-from prefect_tune.storage.layout import default_experiment_name
+from prefect_tune.flows.sweep import (
+    Resume,
+    SweepPlan,
+    resolve_run_storage,
+    stored_configs,
+    tune_flow,
+)
+from prefect_tune.storage import (
+    ConfigError,
+    ExperimentStore,
+    RunConfig,
+    StorageError,
+    TrialOutcome,
+    TrialStatus,
+    resolve_storage,
+)
+from prefect_tune.storage.layout import EXPERIMENT_STATE, default_experiment_name
+from prefect_tune.storage.state import ExperimentRecord
 
 
 class Tuner:
@@ -53,20 +69,138 @@ class Tuner:
         self.param_space = param_space
         self.tune_config = tune_config or TuneConfig()
         self.run_config = run_config or RunConfig()
+        self._resume: Resume | None = None
 
     @property
     def trainable_name(self) -> str:
         return getattr(self.trainable, "__name__", type(self.trainable).__name__)
 
     def fit(self) -> ResultGrid:
-        """Run the sweep in a new flow run and return every trial's result."""
-        name = self.run_config.name or default_experiment_name(self.trainable_name, datetime.now())
+        """Run the sweep in a new flow run and return every trial's result.
+
+        Raises:
+            ConfigError: RunConfig(name=...) names an experiment that already exists
+                (continue it with `Tuner.restore`).
+        """
+        if self.run_config.name is None:
+            self.run_config = replace(
+                self.run_config,
+                name=default_experiment_name(self.trainable_name, datetime.now()),
+            )
+        assert self.run_config.name is not None
         plan = SweepPlan(
-            name=name,
+            name=self.run_config.name,
             trainable=self.trainable,
             trainable_name=self.trainable_name,
             param_space=self.param_space,
             tune_config=self.tune_config,
             run_config=self.run_config,
+            resume=self._resume,
         )
         return tune_flow(plan)()
+
+    @classmethod
+    def restore(
+        cls,
+        path: str,
+        trainable: Callable[[dict[str, Any]], Any],
+        *,
+        resume_unfinished: bool = True,
+        resume_errored: bool = False,
+        restart_errored: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> Tuner:
+        """A Tuner that continues the experiment stored at `path` when `fit()` runs.
+
+        Finished trials are kept, never re-run. Unfinished ones (running, pending or
+        stopped when the sweep ended) resume under their ids from their latest checkpoint
+        unless `resume_unfinished=False`, which marks them STOPPED. Errored ones stay
+        errored unless `resume_errored` (from their latest checkpoint) or
+        `restart_errored` (from scratch). The experiment's own settings are used.
+
+        Args:
+            path: The experiment directory: `<storage_path>/<name>`, a path or URL.
+            trainable: The trainable the experiment was created with (same name).
+            storage_options: fsspec options for `path` (credentials, endpoint).
+
+        Raises:
+            ConfigError: no experiment at `path`, another trainable, or both
+                `resume_errored` and `restart_errored`.
+        """
+        if resume_errored and restart_errored:
+            raise ConfigError(
+                "resume_errored and restart_errored are both set: choose one (resume from "
+                "the latest checkpoint, or restart from scratch)"
+            )
+        store = _experiment_store(path, storage_options)
+        record = _read_record(store, path)
+        tuner = cls(trainable, param_space=record.param_space)
+        if tuner.trainable_name != record.trainable:
+            raise ConfigError(
+                f"the experiment at {store.path} was created with trainable "
+                f"{record.trainable!r}, not {tuner.trainable_name!r}; pass the same trainable"
+            )
+        tune_config, checkpoint_config, failure_config = stored_configs(record)
+        tuner.tune_config = tune_config
+        tuner.run_config = RunConfig(
+            name=store.name,
+            storage_path=store.storage.uri(store.storage.root),
+            storage_options=storage_options,
+            checkpoint_config=checkpoint_config,
+            failure_config=failure_config,
+        )
+        tuner._resume = Resume(resume_unfinished, resume_errored, restart_errored)
+        return tuner
+
+    @staticmethod
+    def can_restore(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+        """Whether `path` holds an experiment that `Tuner.restore` can read."""
+        try:
+            _read_record(_experiment_store(path, storage_options), path)
+        except (ConfigError, StorageError):
+            return False
+        return True
+
+    def get_results(self) -> ResultGrid:
+        """Every trial's result as stored now, without running anything.
+
+        Raises:
+            ConfigError: the experiment does not exist (yet).
+        """
+        if self.run_config.name is None:
+            raise ConfigError("get_results() needs an experiment: call fit() or restore() first")
+        store = ExperimentStore(resolve_run_storage(self.run_config), self.run_config.name)
+        record = _read_record(store, store.path)
+        outcomes = [
+            stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config,
+                                   TrialStatus.PENDING)
+            for spec, stored in zip(
+                record.trials, store.read_trial_states(record.trials), strict=True
+            )
+        ]
+        return ResultGrid(
+            [Result(o, store) for o in outcomes], store.path,
+            self.tune_config.metric, self.tune_config.mode,
+        )
+
+
+def _experiment_store(path: str, storage_options: Mapping[str, Any] | None) -> ExperimentStore:
+    if not isinstance(path, str) or not path.strip("/"):
+        raise ConfigError(f"path={path!r} is not an experiment directory; pass <storage>/<name>")
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name or not parent or parent.endswith(":/"):
+        raise ConfigError(
+            f"path={path!r} is not an experiment directory; pass <storage_path>/<name>, "
+            "the directory Tuner.fit() wrote"
+        )
+    return ExperimentStore(resolve_storage(parent, storage_options), name)
+
+
+def _read_record(store: ExperimentStore, path: str) -> ExperimentRecord:
+    try:
+        return store.read_experiment()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no experiment at {path!r} ({store.path}/{EXPERIMENT_STATE} does not exist); pass "
+            "the experiment directory Tuner.fit() wrote: <storage_path>/<name>"
+        ) from None

@@ -1,6 +1,11 @@
-"""Storage: configuration, checkpoints, the experiment directory and its records."""
+"""Storage: configuration, checkpoints, the experiment directory and its records.
 
-from prefect_tune.storage.block import TuneStorage, storage_from_block
+The Prefect block is imported on first use, so that a trial's child process, which
+needs only the storage, does not pay for importing Prefect.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from prefect_tune.storage.checkpoint import Checkpoint
 from prefect_tune.storage.config import CheckpointConfig, FailureConfig, RunConfig
 from prefect_tune.storage.errors import (
@@ -10,11 +15,16 @@ from prefect_tune.storage.errors import (
     OutsideTrialError,
     StorageError,
     SweepError,
+    TrialCrashed,
     TrialError,
+    TrialStopped,
 )
 from prefect_tune.storage.filesystem import Storage, resolve_storage
 from prefect_tune.storage.records import CheckpointRecord, TrialOutcome, TrialSpec, TrialStatus
 from prefect_tune.storage.store import ExperimentStore, ResumePoint
+
+if TYPE_CHECKING:
+    from prefect_tune.storage.block import TuneStorage, storage_from_block
 
 __all__ = [
     "Checkpoint",
@@ -31,11 +41,21 @@ __all__ = [
     "Storage",
     "StorageError",
     "SweepError",
+    "TrialCrashed",
     "TrialError",
     "TrialOutcome",
     "TrialSpec",
     "TrialStatus",
+    "TrialStopped",
     "TuneStorage",
     "resolve_storage",
     "storage_from_block",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TuneStorage", "storage_from_block"):
+        from prefect_tune.storage import block
+
+        return getattr(block, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,12 +5,13 @@ This is the only module of `prefect_tune.storage` that imports Prefect.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect.blocks.core import Block
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.types import SecretDict
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from prefect_tune.storage.errors import ConfigError
 from prefect_tune.storage.filesystem import Storage, resolve_storage
@@ -19,7 +20,7 @@ from prefect_tune.storage.filesystem import Storage, resolve_storage
 class TuneStorage(WritableFileSystem):
     """Where prefect-tune experiments live: a path or fsspec URL plus secret options.
 
-    Register with `prefect block register -m prefect_tune.storage`. The options (keys,
+    Register with `prefect block register -m prefect_tune.storage.block`. The options (keys,
     tokens, endpoints) are a secret field: shown masked in the UI and never written to
     logs or experiment files. Doubles as Prefect result storage.
     """
@@ -37,21 +38,41 @@ class TuneStorage(WritableFileSystem):
         description="fsspec options such as key, secret, token, endpoint_url (kept secret).",
     )
 
+    _resolved: Storage | None = PrivateAttr(default=None)
+
+    @classmethod
+    def over(cls, storage: Storage, path: str) -> TuneStorage:
+        """An unsaved block over `path` of an already resolved storage, for Prefect's
+        result persistence; it holds no options of its own, so saving it saves no secret."""
+        block = cls(url=storage.uri(path))
+        block._resolved = Storage(url=block.url, fs=storage.fs, root=path)
+        return block
+
     def storage(self) -> Storage:
         """The resolved storage; credentials stay inside the filesystem object."""
+        if self._resolved is not None:
+            return self._resolved
         return resolve_storage(self.url, self.storage_options.get_secret_value())
 
-    def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
-        """Read `path`, relative to `url`; `_sync` is passed by Prefect's result store."""
+    def _resolve_path(self, path: str) -> Path:
+        """The full path of `path` under `url`; a full path is returned as it is. Prefect's
+        result store calls this on unsaved blocks and then passes full paths back."""
         storage = self.storage()
-        return storage.read_bytes(storage.join(path))
+        root = storage.root.rstrip("/")
+        if path == root or path.startswith(f"{root}/"):
+            return Path(path)
+        return Path(storage.join(path) if path else root)
+
+    def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
+        """Read `path` (relative to `url`, or full); `_sync` is passed by Prefect."""
+        return self.storage().read_bytes(str(self._resolve_path(path)))
 
     def write_path(  # type: ignore[override]
         self, path: str, content: bytes, _sync: bool | None = None
     ) -> str:
-        """Atomically write `path`, relative to `url`, and return its full path."""
+        """Atomically write `path` (relative to `url`, or full) and return its full path."""
         storage = self.storage()
-        target = storage.join(path)
+        target = str(self._resolve_path(path))
         if storage.is_local:
             storage.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         storage.write_bytes(target, content)

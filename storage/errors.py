@@ -44,3 +44,12 @@ class TrialError(SweepError, RuntimeError):
 
     def __reduce__(self) -> tuple[type[TrialError], tuple[TrialOutcome]]:
         return (type(self), (self.outcome,))
+
+
+class TrialCrashed(SweepError, RuntimeError):
+    """The process running a trial died without reporting back (killed, out of memory,
+    `os._exit`, a segfault); retried like any other trial failure."""
+
+
+class TrialStopped(SweepError):
+    """The sweep stopped the trial before it finished (fail_fast)."""

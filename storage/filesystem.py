@@ -41,6 +41,12 @@ class Storage:
     def is_local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)
 
+    @property
+    def is_in_memory(self) -> bool:
+        """memory:// lives in one process: other processes cannot see its files."""
+        protocols = self.fs.protocol
+        return "memory" in (protocols if isinstance(protocols, tuple) else (protocols,))
+
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
 

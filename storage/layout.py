@@ -1,8 +1,10 @@
 """The path authority: every name and path prefect-tune writes is built here.
 
     <storage>/<experiment>/
+        experiment.json                       written once: search, settings, trials
         results.csv  results.json
         <trainable>_<5 hex>_<00000>/          one per trial
+            trial.json                        status, attempts, checkpoint records
             params.json  result.json  progress.csv  [error.txt]
             checkpoint_000000/ ...            committed: holds .checkpoint.json
             .checkpoint_000001.tmp-<hex>/     being written (never read as a checkpoint)
@@ -23,6 +25,10 @@ from datetime import datetime
 
 from prefect_tune.storage.records import checkpoint_dir_name
 
+EXPERIMENT_STATE = "experiment.json"
+TRIAL_STATE = "trial.json"
+#: Prefect's persisted trial-task results (keyed "<experiment>-<trial id>").
+PREFECT_RESULTS = ".prefect-results"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 PARAMS = "params.json"

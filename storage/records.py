@@ -24,6 +24,8 @@ class TrialStatus(StrEnum):
     RUNNING = "RUNNING"
     TERMINATED = "TERMINATED"
     ERROR = "ERROR"
+    #: Stopped before it finished (fail_fast, or not resumed); a restore resumes it.
+    STOPPED = "STOPPED"
 
     def is_finished(self) -> bool:
         return self in (TrialStatus.TERMINATED, TrialStatus.ERROR)

@@ -15,7 +15,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -24,15 +24,24 @@ from prefect_tune.storage.errors import StorageError
 from prefect_tune.storage.filesystem import Storage
 from prefect_tune.storage.layout import (
     ERROR_FILE,
+    EXPERIMENT_STATE,
     MANIFEST,
     PARAMS,
     PROGRESS,
     RESULT_LOG,
+    TRIAL_STATE,
     ExperimentLayout,
     checkpoint_index,
     used_index,
 )
-from prefect_tune.storage.records import AUTO_KEYS, CheckpointRecord, flatten
+from prefect_tune.storage.records import (
+    AUTO_KEYS,
+    CheckpointRecord,
+    TrialOutcome,
+    TrialSpec,
+    flatten,
+)
+from prefect_tune.storage.state import ExperimentRecord, outcome_from_json, outcome_to_json
 
 #: On object stores, rows between checkpoints are uploaded at most this often.
 REMOTE_FLUSH_SECONDS = 10.0
@@ -79,6 +88,57 @@ class ExperimentStore:
         path = self.layout.checkpoint_dir(trial_name, index)
         return Checkpoint(self.storage.uri(path), self.storage.fs)
 
+    def exists(self) -> bool:
+        """Whether an experiment was created here (its experiment.json exists)."""
+        return self.storage.exists(self.layout.join(EXPERIMENT_STATE))
+
+    def create(self, record: ExperimentRecord) -> None:
+        """Write the experiment's state file; its trials start out PENDING."""
+        self.storage.write_bytes(self.layout.join(EXPERIMENT_STATE), record.to_json())
+
+    def read_experiment(self) -> ExperimentRecord:
+        """The experiment's state file.
+
+        Raises:
+            FileNotFoundError: there is no experiment here.
+            StorageError: the file is not a state file this version reads.
+        """
+        path = self.layout.join(EXPERIMENT_STATE)
+        return ExperimentRecord.from_json(self.storage.read_bytes(path), self.storage.uri(path))
+
+    def write_trial_state(self, outcome: TrialOutcome) -> None:
+        path = self.layout.trial_file(outcome.trial_name, TRIAL_STATE)
+        self.storage.write_bytes(path, outcome_to_json(outcome))
+
+    def read_trial_state(self, spec: TrialSpec) -> TrialOutcome | None:
+        """The trial's last recorded outcome; None if it never started."""
+        path = self.layout.trial_file(spec.trial_name, TRIAL_STATE)
+        try:
+            data = self.storage.read_bytes(path)
+        except FileNotFoundError:
+            return None
+        return outcome_from_json(data, spec, self.storage.uri(path))
+
+    def read_trial_states(self, specs: Sequence[TrialSpec]) -> list[TrialOutcome | None]:
+        """`read_trial_state` of every trial, fetched in one batch (concurrently on
+        object stores)."""
+        paths = [self.layout.trial_file(s.trial_name, TRIAL_STATE) for s in specs]
+        found = self.storage.fs.cat(paths, on_error="omit") if paths else {}
+        found = {self.storage.fs._strip_protocol(k): v for k, v in found.items()}
+        return [
+            outcome_from_json(found[path], spec, self.storage.uri(path)) if path in found
+            else None
+            for path, spec in zip(paths, specs, strict=True)
+        ]
+
+    def clear_history(self, trial_name: str) -> None:
+        """Forget the trial's results and errors, so that it restarts from scratch; its
+        checkpoints, referenced by nothing after this, go when it resumes."""
+        self.open_log(trial_name).close()
+        error = self.layout.trial_file(trial_name, ERROR_FILE)
+        if self.storage.exists(error):
+            self.storage.fs.rm_file(error)
+
     def write_file(self, name: str, data: bytes) -> None:
         """Atomically replace the experiment-level file `name`."""
         self.storage.write_bytes(self.layout.join(name), data)
@@ -105,14 +165,15 @@ class ExperimentStore:
             rows,
         )
 
-    def resume_point(self, trial_name: str) -> ResumePoint:
+    def resume_point(self, trial_name: str, *, clean: bool = True) -> ResumePoint:
         """Read where the trial resumes, and remove what nothing refers to.
 
         The resume checkpoint is the latest one that is both committed and recorded in
         result.json (a checkpoint committed just before a crash, without its row, is
         dropped). Rows reported after it are discarded, so a resumed trial records every
-        training_iteration exactly once. Uncommitted and unrecorded checkpoint
-        directories are deleted; indexes are never reused.
+        training_iteration exactly once. With `clean`, uncommitted and unrecorded
+        checkpoint directories are deleted (only the attempt that resumes may do that: the
+        next index counts them first, so indexes are never reused).
         """
         rows = self.read_rows(trial_name)
         committed = set(self.committed_indexes(trial_name))
@@ -130,7 +191,8 @@ class ExperimentStore:
                 cut = position + 1
                 metrics = {k: v for k, v in row.items() if k not in AUTO_KEYS}
                 records.append(CheckpointRecord(index, metrics))
-        self._discard_unreferenced(trial_name, {r.index for r in records})
+        if clean:
+            self._discard_unreferenced(trial_name, {r.index for r in records})
         return ResumePoint(tuple(rows[:cut]), tuple(records), next_index)
 
     def _discard_unreferenced(self, trial_name: str, referenced: set[int]) -> None:

@@ -8,6 +8,7 @@ checkpoint is committed, the row appended, then retention deletes what is no lon
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -26,6 +27,7 @@ from prefect_tune.storage import (
     TrialOutcome,
     TrialSpec,
     TrialStatus,
+    TrialStopped,
 )
 from prefect_tune.storage.records import (
     AUTO_KEYS,
@@ -63,6 +65,7 @@ class TrialSession:
         attempt: int,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         resume: ResumePoint | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.spec = spec
@@ -70,6 +73,7 @@ class TrialSession:
         self.score_attribute = score_attribute
         self.score_order = score_order
         self.logger = logger
+        self.stop = stop
         self.context = TrialContext(
             trial_id=spec.trial_id,
             trial_name=spec.trial_name,
@@ -101,6 +105,8 @@ class TrialSession:
         self.log = store.open_log(spec.trial_name, rows)
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise TrialStopped(f"trial {self.spec.trial_name} was stopped by the sweep")
         clean = self._clean(metrics)
         persist = checkpoint is not None and self.config.num_to_keep != 0
         if checkpoint is not None and not isinstance(checkpoint, Checkpoint):

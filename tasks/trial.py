@@ -1,16 +1,21 @@
-"""The trial task: one Prefect task run per trial."""
+"""The trial task: one Prefect task run per trial, its attempts run isolated.
+
+The task keeps the trial's state file (`trial.json`) current: RUNNING when an attempt
+starts, then TERMINATED, ERROR (after its last attempt) or STOPPED. A trial already
+TERMINATED in storage is returned as it is and never run again, whoever submits it.
+"""
 
 from __future__ import annotations
 
-import copy
-import traceback
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from prefect import State, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.runtime import task_run
+from prefect.states import Cancelled
 
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -22,94 +27,109 @@ from prefect_tune.storage import (
     TrialOutcome,
     TrialSpec,
     TrialStatus,
+    TrialStopped,
 )
-from prefect_tune.tasks.session import _SESSION, TrialSession
+from prefect_tune.tasks.child import run_in_child
+from prefect_tune.tasks.execute import TrialJob, execute
+
+Isolation = Literal["process", "thread"]
 
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """What every trial of one sweep shares."""
+    """What every trial of one sweep shares.
+
+    `isolation="process"` runs each attempt in a child process (a hard death is a retried
+    failure); "thread" runs it in the task's thread, for trials too small to pay for a
+    process start. `stop`, once set, stops the sweep's trials (fail_fast).
+    """
 
     trainable: Callable[[dict[str, Any]], Any]
     store: ExperimentStore
     checkpoint_config: CheckpointConfig
     score_attribute: str | None
     score_order: str
+    max_failures: int = 0
+    isolation: Isolation = "process"
+    stop: threading.Event = field(default_factory=threading.Event, compare=False)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Deterministic errors (bad metric, checkpoint or config) fail the same way again."""
+    cause = error.__cause__ if isinstance(error, TrialError) else error
+    return not isinstance(cause, (MetricError, CheckpointError, ConfigError))
 
 
 def should_retry(task: Any, task_run: Any, state: State[Any]) -> bool:
-    """Retry a failed trial unless its error is deterministic (bad metric or checkpoint)."""
-    error = state.result(raise_on_failure=False)
-    cause = error.__cause__ if isinstance(error, TrialError) else error
-    return not isinstance(cause, (MetricError, CheckpointError, ConfigError))
+    return is_retryable(state.result(raise_on_failure=False))
+
+
+def trial_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
+    """"<experiment>-<trial id>": a finished trial's persisted outcome is found again by
+    a retried flow run, which then shows it as Cached instead of running it."""
+    return f"{parameters['settings'].store.name}-{parameters['spec'].trial_id}"
 
 
 @task(
     name="trial",
     task_run_name="{spec.trial_name}",
-    persist_result=False,
-    cache_policy=NO_CACHE,
     retry_condition_fn=should_retry,
+    cache_key_fn=trial_cache_key,
+    cache_result_in_memory=False,
 )
-def run_trial(settings: TrialSettings, spec: TrialSpec) -> TrialOutcome:
-    """Run `settings.trainable(config)` as trial `spec` and return its outcome.
+def run_trial(
+    settings: TrialSettings, spec: TrialSpec, prior_attempts: int = 0, restart: bool = False
+) -> TrialOutcome | State[Any]:
+    """Run one attempt of trial `spec`; Prefect retries run the next ones. A trial the
+    sweep stopped ends in a Cancelled state instead of an outcome.
 
-    A retry (attempt > 1) resumes from the trial's latest committed checkpoint, and
-    its result history is cut back to that checkpoint.
+    Every attempt resumes from the trial's latest committed checkpoint. `prior_attempts`
+    counts attempts of earlier runs (a restore); `restart` starts the trial from scratch.
 
     Raises:
-        TrialError: the trainable (or the trial's storage) failed; carries the outcome,
-            and the failure is appended to the trial's error.txt.
+        TrialError: the attempt failed (state file: ERROR after the last attempt).
     """
     logger = get_run_logger()
     store = settings.store
-    attempt = max(int(task_run.run_count), 1)
-    session = TrialSession(
-        store,
-        spec,
-        checkpoint_config=settings.checkpoint_config,
-        score_attribute=settings.score_attribute,
-        score_order=settings.score_order,
-        attempt=attempt,
-        logger=logger,
-        resume=store.resume_point(spec.trial_name) if attempt > 1 else None,
+    run_count = max(int(task_run.run_count), 1)
+    attempt = prior_attempts + run_count
+    stored = store.read_trial_state(spec)
+    if stored is not None and stored.status is TrialStatus.TERMINATED and not restart:
+        return stored
+    if settings.stop.is_set():
+        return _stopped(store, stored or _state(spec, TrialStatus.STOPPED, attempt - 1))
+    if restart and run_count == 1:
+        store.clear_history(spec.trial_name)
+    store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt))
+    job = TrialJob(
+        settings.trainable, store, spec, settings.checkpoint_config,
+        settings.score_attribute, settings.score_order, attempt,
     )
-    restored = session.restored
-    logger.info(
-        "trial %s attempt %d %s: %s", spec.trial_name, attempt,
-        f"resumed from {restored.path.rsplit('/', 1)[-1]}" if restored else "started fresh",
-        session.context.trial_path,
-    )
-    token = _SESSION.set(session)
     try:
-        store.write_params(spec.trial_name, spec.config)
-        returned = settings.trainable(copy.deepcopy(dict(spec.config)))
-        if isinstance(returned, Mapping):
-            session.report(returned, None)
-        session.close()
-    except Exception as exc:
-        error = traceback.format_exc()
-        _record_failure(session, error, logger)
-        logger.error("trial %s failed: %s: %s", spec.trial_name, type(exc).__name__, exc)
-        raise TrialError(session.outcome(TrialStatus.ERROR, error)) from exc
-    finally:
-        _SESSION.reset(token)
-    outcome = session.outcome(TrialStatus.TERMINATED)
-    logger.info(
-        "trial %s finished after %d reports%s", spec.trial_name, outcome.num_reports,
-        f"; best {settings.score_attribute}={outcome.best_score}"
-        if outcome.best_score is not None else "",
-    )
+        if settings.isolation == "process" and not store.storage.is_in_memory:
+            outcome = run_in_child(job, logger, settings.stop)
+        else:
+            outcome = execute(job, logger, settings.stop)
+    except TrialStopped:
+        logger.warning("trial %s stopped: the sweep is stopping (fail_fast)", spec.trial_name)
+        return _stopped(store, _state(spec, TrialStatus.STOPPED, attempt))
+    except TrialError as exc:
+        limit = settings.max_failures
+        last = not is_retryable(exc) or (limit >= 0 and run_count > limit)
+        status = TrialStatus.ERROR if last else TrialStatus.RUNNING
+        store.write_trial_state(replace(exc.outcome, status=status))
+        raise
+    store.write_trial_state(outcome)
     return outcome
 
 
-def _record_failure(session: TrialSession, error: str, logger: Any) -> None:
-    """Flush what the failed trial reported and append `error` to its error.txt.
+def _state(spec: TrialSpec, status: TrialStatus, attempts: int) -> TrialOutcome:
+    return TrialOutcome(spec.trial_id, spec.trial_name, spec.config, status,
+                        attempts=max(attempts, 0))
 
-    A second (storage) error is logged, not raised: the trial's own failure is what counts.
-    """
-    try:
-        session.close()
-        session.store.append_error(session.spec.trial_name, error)
-    except Exception as exc:  # noqa: BLE001 - must not hide the trial's own error
-        logger.warning("could not record the failure of %s: %s", session.spec.trial_name, exc)
+
+def _stopped(store: ExperimentStore, outcome: TrialOutcome) -> State[Any]:
+    """Record the trial as STOPPED and end its task run Cancelled (nothing is cached)."""
+    stopped = replace(outcome, status=TrialStatus.STOPPED)
+    store.write_trial_state(stopped)
+    return Cancelled(message=f"trial {outcome.trial_name} stopped (fail_fast)")

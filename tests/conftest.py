@@ -174,3 +174,25 @@ BACKENDS = ["local", "memory", "s3", "gcs"]
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Backend:
     return make_backend(request.param, request, tmp_path)
+
+
+@dataclass(frozen=True)
+class CallLog:
+    """Records calls in a file, so that trainables running in child processes can be
+    counted: each `record` appends one JSON line (O_APPEND keeps lines whole)."""
+
+    path: str
+
+    def record(self, *values: Any) -> None:
+        import json
+
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(list(values)) + "\n")
+
+    def calls(self) -> list[list[Any]]:
+        import json
+
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]

@@ -3,13 +3,12 @@ committed checkpoint, keep every training_iteration exactly once, and record eac
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prefect_tune.flows import Tuner
+from prefect_tune.flows import TuneConfig, Tuner
 from prefect_tune.storage import (
     Checkpoint,
     CheckpointConfig,
@@ -19,25 +18,24 @@ from prefect_tune.storage import (
 )
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
-from ..conftest import Backend
+from ..conftest import Backend, CallLog
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 class FlakyTrainer:
-    """Counts its calls; fails once at step 4 (after checkpoints at steps 1 and 3)."""
+    """Logs (attempt, first step) of each call; fails once at step 4 (after checkpoints
+    at steps 1 and 3)."""
 
-    def __init__(self) -> None:
-        self.starts: list[tuple[int, int | None]] = []
-        self.lock = threading.Lock()
+    def __init__(self, log: CallLog) -> None:
+        self.log = log
         self.__name__ = "flaky"
 
     def __call__(self, config: dict[str, Any]) -> None:
         checkpoint = get_checkpoint()
         start = checkpoint.to_dict()["step"] + 1 if checkpoint else 1
         attempt = get_context().attempt
-        with self.lock:
-            self.starts.append((attempt, start))
+        self.log.record(attempt, start)
         for step in range(start, 7):
             if attempt == 1 and step == 4:
                 raise RuntimeError("preempted at step 4")
@@ -45,9 +43,11 @@ class FlakyTrainer:
             report({"step": step, "loss": 10.0 - step}, checkpoint=saved)
 
 
-def test_retry_resumes_from_latest_checkpoint_without_duplicate_rows(backend: Backend) -> None:
-    trainer = FlakyTrainer()
-    grid = Tuner(trainer, run_config=RunConfig(
+def test_retry_resumes_from_latest_checkpoint_without_duplicate_rows(
+    backend: Backend, tmp_path: Path
+) -> None:
+    log = CallLog(str(tmp_path / "calls"))
+    grid = Tuner(FlakyTrainer(log), run_config=RunConfig(
         name="retry", storage_path=backend.url, storage_options=backend.options or None,
         checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="loss",
                                            checkpoint_score_order="min"),
@@ -55,7 +55,7 @@ def test_retry_resumes_from_latest_checkpoint_without_duplicate_rows(backend: Ba
     )).fit()
 
     (result,) = grid
-    assert trainer.starts == [(1, 1), (2, 4)]  # the retry started after checkpoint step 3
+    assert log.calls() == [[1, 1], [2, 4]]  # the retry started after checkpoint step 3
     assert result.status is TrialStatus.TERMINATED and result.outcome.attempts == 2
     frame = result.metrics_dataframe
     assert frame["training_iteration"].tolist() == [1, 2, 3, 4, 5, 6]
@@ -73,22 +73,23 @@ def test_retry_resumes_from_latest_checkpoint_without_duplicate_rows(backend: Ba
     assert error.count("Failure # ") == 1 and "preempted at step 4" in error
 
 
-def test_failure_without_checkpoint_restarts_from_scratch(tmp_path: Path) -> None:
-    calls: list[int] = []
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_failure_without_checkpoint_restarts_from_scratch(tmp_path: Path, isolation: str) -> None:
+    log = CallLog(str(tmp_path / "calls"))
 
     def trainer(config: dict[str, Any]) -> None:
-        calls.append(get_context().attempt)
+        log.record(get_context().attempt)
         assert get_checkpoint() is None
         report({"x": 1})
-        if len(calls) == 1:
+        if len(log.calls()) == 1:
             raise OSError("flaky disk")
         report({"x": 2})
 
-    grid = Tuner(trainer, run_config=RunConfig(
-        name="scratch", storage_path=str(tmp_path), failure_config=FailureConfig(max_failures=1),
-    )).fit()
+    grid = Tuner(trainer, tune_config=TuneConfig(isolation=isolation),  # type: ignore[arg-type]
+                 run_config=RunConfig(name="scratch", storage_path=str(tmp_path / "runs"),
+                                      failure_config=FailureConfig(max_failures=1))).fit()
 
-    assert calls == [1, 2]
+    assert log.calls() == [[1], [2]]
     assert grid[0].metrics_dataframe["training_iteration"].tolist() == [1, 2]
     assert grid[0].metrics_dataframe["x"].tolist() == [1, 2]
 
@@ -108,15 +109,16 @@ def test_exhausted_retries_leave_the_trial_errored_with_every_failure(tmp_path: 
 
 
 def test_bad_metrics_are_not_retried(tmp_path: Path) -> None:
-    attempts: list[int] = []
+    log = CallLog(str(tmp_path / "calls"))
 
     def trainer(config: dict[str, Any]) -> None:
-        attempts.append(get_context().attempt)
+        log.record(get_context().attempt)
         report({"weights": object()})
 
     grid = Tuner(trainer, run_config=RunConfig(
-        name="noretry", storage_path=str(tmp_path), failure_config=FailureConfig(max_failures=3),
+        name="noretry", storage_path=str(tmp_path / "runs"),
+        failure_config=FailureConfig(max_failures=3),
     )).fit()
 
-    assert attempts == [1]
+    assert log.calls() == [[1]]
     assert grid.num_errors == 1

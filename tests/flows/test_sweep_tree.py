@@ -3,7 +3,9 @@ retention, results tables, ResultGrid, and what Prefect records."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from prefect_tune.flows import TuneConfig, Tuner, grid_search
 from prefect_tune.storage import Checkpoint, CheckpointConfig, RunConfig, TrialStatus
-from prefect_tune.tasks import get_checkpoint, get_context, report
+from prefect_tune.tasks import TrialContext, get_checkpoint, get_context, report
 
-from ..conftest import Backend, wait_for
+from ..conftest import Backend, CallLog, wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -65,8 +67,10 @@ def test_keep_two_best_on_every_backend(backend: Backend) -> None:
 def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> None:
     """
     <storage>/tree/
-        results.csv  results.json
-        trainer_<5 hex>_00000/   params.json result.json progress.csv
+        experiment.json  results.csv  results.json
+        .prefect-results/        tree-<trial id> (the finished trial's cached outcome), and
+                                 one record of the failed trial's exception
+        trainer_<5 hex>_00000/   trial.json params.json result.json progress.csv
                                  checkpoint_000000/ (.checkpoint.json, checkpoint.json)
                                  checkpoint_000002/ (...)
         trainer_<5 hex>_00001/   same, plus error.txt (it fails after two reports)
@@ -90,18 +94,25 @@ def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> Non
     ).fit()
 
     root = tmp_path / "tree"
-    ok, failed = sorted(p.name for p in root.iterdir() if p.is_dir())
+    ok, failed = sorted(p.name for p in root.glob("trainer_*"))
     assert ok.startswith("trainer_") and ok.endswith("_00000") and len(ok) == len("trainer_") + 11
     checkpoint_files = [".checkpoint.json", "checkpoint.json"]
-    expected = ["results.csv", "results.json"]
+    ok_id = ok.removeprefix("trainer_")
+    expected = ["experiment.json", "results.csv", "results.json", ".prefect-results/",
+                f".prefect-results/tree-{ok_id}"]
     # best (score 0) plus the protected latest
     for trial, kept, extra in ((ok, (0, 2), []), (failed, (0, 1), ["error.txt"])):
         expected += [f"{trial}/", f"{trial}/params.json", f"{trial}/progress.csv",
-                     f"{trial}/result.json", *[f"{trial}/{e}" for e in extra]]
+                     f"{trial}/result.json", f"{trial}/trial.json",
+                     *[f"{trial}/{e}" for e in extra]]
         for index in kept:
             directory = f"{trial}/checkpoint_{index:06d}"
             expected += [f"{directory}/", *[f"{directory}/{f}" for f in checkpoint_files]]
-    assert tree(root) == sorted(expected)
+    found = tree(root)
+    failure_records = [p for p in found if p.startswith(".prefect-results/")
+                       and p not in expected]
+    assert len(failure_records) == 1
+    assert sorted(p for p in found if p not in failure_records) == sorted(expected)
     assert json.loads((root / ok / "params.json").read_text()) == {"fail": False}
     error = (root / failed / "error.txt").read_text()
     assert error.startswith("Failure # 1 (occurred at ")
@@ -147,17 +158,21 @@ def test_num_to_keep_zero_persists_no_checkpoint_but_records_metrics(tmp_path: P
     assert result.metrics_dataframe["checkpoint_dir_name"].isna().all()
 
 
-def test_context_and_fresh_start(tmp_path: Path) -> None:
-    seen: list[Any] = []
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_context_and_fresh_start(tmp_path: Path, isolation: str) -> None:
+    log = CallLog(str(tmp_path / "calls"))
 
     def trainer(config: dict[str, Any]) -> None:
-        seen.append((get_context(), get_checkpoint()))
+        log.record(dataclasses.asdict(get_context()), get_checkpoint() is None, os.getpid())
         report({"x": 1})
 
-    grid = Tuner(trainer, run_config=RunConfig(name="ctx", storage_path=str(tmp_path))).fit()
+    grid = Tuner(trainer, tune_config=TuneConfig(isolation=isolation),  # type: ignore[arg-type]
+                 run_config=RunConfig(name="ctx", storage_path=str(tmp_path))).fit()
 
-    ((context, checkpoint),) = seen
-    assert checkpoint is None
+    ((fields, fresh, pid),) = log.calls()
+    context = TrialContext(**fields)
+    assert fresh
+    assert (pid == os.getpid()) is (isolation == "thread")
     assert context.attempt == 1
     assert context.trial_id == grid[0].trial_id
     assert context.trial_name == f"trainer_{context.trial_id}"
@@ -244,7 +259,8 @@ def test_prefect_records_flow_run_task_runs_and_artifacts(tmp_path: Path) -> Non
 
 
 def test_max_concurrent_trials_bounds_running_trials(tmp_path: Path) -> None:
-    """Pairs of trials meet at a barrier (so two do run at once); never more than two run."""
+    """Pairs of trials meet at a barrier (so two do run at once); never more than two run.
+    (In threads, so that the trials can share the barrier.)"""
     import threading
 
     barrier = threading.Barrier(2)
@@ -262,7 +278,7 @@ def test_max_concurrent_trials_bounds_running_trials(tmp_path: Path) -> None:
 
     grid = Tuner(
         trainer, param_space={"i": grid_search(list(range(6)))},
-        tune_config=TuneConfig(max_concurrent_trials=2),
+        tune_config=TuneConfig(max_concurrent_trials=2, isolation="thread"),
         run_config=RunConfig(name="bounded", storage_path=str(tmp_path)),
     ).fit()
     assert grid.num_terminated == 6

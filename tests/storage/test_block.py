@@ -87,7 +87,7 @@ def test_unknown_block_name_is_a_clear_error() -> None:
 
 def test_block_type_registers_from_the_module(prefect_server: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "prefect", "block", "register", "-m", "prefect_tune.storage"],
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "prefect_tune.storage.block"],
         check=False, env=dict(os.environ, PREFECT_API_URL=prefect_server),
         capture_output=True, text=True, timeout=120,
     )

@@ -1,0 +1,190 @@
+"""Experiment state and Tuner.restore: what each status does on restore, fail_fast's
+STOPPED trials, the clear errors, and a moved experiment."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_tune.flows import TuneConfig, Tuner, grid_search
+from prefect_tune.storage import (
+    Checkpoint,
+    ConfigError,
+    FailureConfig,
+    RunConfig,
+    TrialStatus,
+)
+from prefect_tune.tasks import get_checkpoint, get_context, report
+
+from ..conftest import CallLog
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+class Stepper:
+    """Steps 1..4 with a checkpoint each; trial "fail" raises at step 3 while `gate` is
+    missing. Logs (trial id, attempt, first step) per call."""
+
+    __name__ = "stepper"
+
+    def __init__(self, directory: Path) -> None:
+        self.log = CallLog(str(directory / "calls"))
+        self.gate = str(directory / "gate")
+
+    def __call__(self, config: dict[str, Any]) -> None:
+        checkpoint = get_checkpoint()
+        start = checkpoint.to_dict()["step"] + 1 if checkpoint else 1
+        context = get_context()
+        self.log.record(context.trial_id, context.attempt, start)
+        for step in range(start, 5):
+            if config["kind"] == "fail" and step == 3 and not os.path.exists(self.gate):
+                raise RuntimeError("fails until the gate opens")
+            report({"step": step}, checkpoint=Checkpoint.from_dict({"step": step}))
+
+
+def fail_fast_sweep(tmp_path: Path, isolation: str = "process") -> tuple[Stepper, str]:
+    """ok finishes, fail errors, then fail_fast stops "later" before it starts."""
+    stepper = Stepper(tmp_path)
+    grid = Tuner(
+        stepper,
+        param_space={"kind": grid_search(["ok", "fail", "later"])},
+        tune_config=TuneConfig(max_concurrent_trials=1, isolation=isolation),  # type: ignore[arg-type]
+        run_config=RunConfig(name="exp", storage_path=str(tmp_path / "runs"),
+                             failure_config=FailureConfig(fail_fast=True)),
+    ).fit()
+    assert [r.status for r in grid] == [
+        TrialStatus.TERMINATED, TrialStatus.ERROR, TrialStatus.STOPPED,
+    ]
+    return stepper, str(tmp_path / "runs" / "exp")
+
+
+def ids(grid: Any) -> list[str]:
+    return [r.trial_id for r in grid]
+
+
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_fail_fast_stops_the_rest_and_restore_resumes_them(
+    tmp_path: Path, isolation: str
+) -> None:
+    stepper, path = fail_fast_sweep(tmp_path, isolation)
+    ok, fail, later = ids(Tuner.restore(path, stepper).get_results())
+    assert [c[0] for c in stepper.log.calls()] == [ok, fail]  # "later" never started
+
+    grid = Tuner.restore(path, stepper).fit()
+
+    assert [r.status for r in grid] == [
+        TrialStatus.TERMINATED, TrialStatus.ERROR, TrialStatus.TERMINATED,
+    ]
+    assert stepper.log.calls()[2:] == [[later, 1, 1]]  # only the stopped trial ran
+    assert grid[2].metrics["step"] == 4
+
+
+def test_resume_errored_continues_from_the_latest_checkpoint(tmp_path: Path) -> None:
+    stepper, path = fail_fast_sweep(tmp_path)
+    Path(stepper.gate).touch()
+
+    grid = Tuner.restore(path, stepper, resume_errored=True).fit()
+
+    fail = grid[1]
+    assert fail.status is TrialStatus.TERMINATED
+    assert stepper.log.calls()[-2:] in (
+        [[fail.trial_id, 2, 3], [grid[2].trial_id, 1, 1]],
+        [[grid[2].trial_id, 1, 1], [fail.trial_id, 2, 3]],
+    )  # attempts continue; resumed after the checkpoint of step 2
+    frame = fail.metrics_dataframe
+    assert frame["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert frame["checkpoint_dir_name"].tolist()[-1] == "checkpoint_000003"  # numbering goes on
+    assert "Failure # 1" in (Path(fail.path) / "error.txt").read_text()
+
+
+def test_restart_errored_starts_from_scratch(tmp_path: Path) -> None:
+    stepper, path = fail_fast_sweep(tmp_path)
+    Path(stepper.gate).touch()
+
+    grid = Tuner.restore(path, stepper, restart_errored=True).fit()
+
+    fail = grid[1]
+    assert fail.status is TrialStatus.TERMINATED
+    assert [fail.trial_id, 1, 1] in stepper.log.calls()[2:]
+    assert fail.metrics_dataframe["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert not (Path(fail.path) / "error.txt").exists()
+    kept = sorted(p.name for p in Path(fail.path).glob("checkpoint_*"))
+    assert kept and kept[0] > "checkpoint_000001"  # the old checkpoints are gone
+
+
+def test_resume_unfinished_false_keeps_them_stopped(tmp_path: Path) -> None:
+    stepper, path = fail_fast_sweep(tmp_path)
+
+    grid = Tuner.restore(path, stepper, resume_unfinished=False).fit()
+
+    assert [r.status for r in grid][2] is TrialStatus.STOPPED
+    assert len(stepper.log.calls()) == 2
+
+
+def test_moved_experiment_restores(tmp_path: Path) -> None:
+    stepper, path = fail_fast_sweep(tmp_path)
+    moved = tmp_path / "elsewhere" / "exp"
+    shutil.copytree(path, moved)
+    shutil.rmtree(path)
+
+    grid = Tuner.restore(str(moved), stepper).fit()
+
+    assert grid.experiment_path == str(moved)
+    assert grid[2].status is TrialStatus.TERMINATED
+    assert grid[0].checkpoint is not None and grid[0].checkpoint.to_dict() == {"step": 4}
+    state = (moved / "experiment.json").read_text() + "".join(
+        p.read_text() for p in moved.glob("*/trial.json")
+    )
+    assert str(tmp_path) not in state  # every stored path is relative
+
+
+def test_fit_refuses_an_existing_experiment(tmp_path: Path) -> None:
+    stepper, path = fail_fast_sweep(tmp_path)
+    before = (Path(path) / "experiment.json").read_bytes()
+
+    with pytest.raises(ConfigError, match=r"already exists at .*Tuner\.restore"):
+        Tuner(stepper, param_space={"kind": "ok"},
+              run_config=RunConfig(name="exp", storage_path=str(tmp_path / "runs"))).fit()
+
+    assert (Path(path) / "experiment.json").read_bytes() == before
+
+
+def test_restore_errors_are_clear(tmp_path: Path) -> None:
+    stepper, path = fail_fast_sweep(tmp_path)
+
+    def other(config: dict[str, Any]) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match="created with trainable 'stepper', not 'other'"):
+        Tuner.restore(path, other)
+    nowhere = str(tmp_path / "runs" / "nothing")
+    with pytest.raises(ConfigError, match=f"no experiment at '{nowhere}'"):
+        Tuner.restore(nowhere, stepper)
+    with pytest.raises(ConfigError, match="choose one"):
+        Tuner.restore(path, stepper, resume_errored=True, restart_errored=True)
+    assert Tuner.can_restore(path) and not Tuner.can_restore(nowhere)
+    (Path(path) / "experiment.json").write_text("{")
+    assert not Tuner.can_restore(path)
+
+
+def test_state_files_hold_statuses_attempts_and_search_state(tmp_path: Path) -> None:
+    _, path = fail_fast_sweep(tmp_path)
+    root = Path(path)
+
+    experiment = json.loads((root / "experiment.json").read_text())
+    assert experiment["trainable"] == "stepper"
+    assert isinstance(experiment["search"]["seed"], int)
+    assert [t["config"] for t in experiment["trials"]] == [
+        {"kind": "ok"}, {"kind": "fail"}, {"kind": "later"},
+    ]
+    states = [json.loads((root / t["trial_name"] / "trial.json").read_text())
+              for t in experiment["trials"]]
+    assert [(s["status"], s["attempts"]) for s in states] == [
+        ("TERMINATED", 1), ("ERROR", 1), ("STOPPED", 0),
+    ]
+    assert [c["index"] for c in states[0]["checkpoints"]] == [3]
