@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
 from prefect import Flow, flow, get_run_logger, tags
-from prefect.exceptions import CancelledRun
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -33,6 +32,7 @@ from prefect_tune.storage import (
     TrialOutcome,
     TrialSpec,
     TrialStatus,
+    TrialStopped,
     TuneStorage,
     resolve_storage,
     storage_from_block,
@@ -243,9 +243,8 @@ def _outcome(
         return cast(TrialOutcome, future.result())
     except TrialError as exc:
         return exc.outcome
-    except CancelledRun:
-        stored = store.read_trial_state(spec)
-        return stored or TrialOutcome(
+    except TrialStopped:  # the trial recorded itself as STOPPED
+        return store.read_trial_state(spec) or TrialOutcome(
             spec.trial_id, spec.trial_name, spec.config, TrialStatus.STOPPED
         )
     except Exception as exc:  # noqa: BLE001 - a crashed trial must not end the sweep

@@ -51,30 +51,29 @@ def run_in_child(job: TrialJob, logger: Logger, stop: threading.Event) -> TrialO
         TrialError: the trial failed; for a hard death its cause is TrialCrashed.
         TrialStopped: `stop` was set; the child was terminated.
     """
+    try:
+        payload = _dumps_job(job)
+    except ConfigError as exc:
+        raise _failure(job, exc, logger) from exc
     with tempfile.TemporaryDirectory(prefix="prefect-tune-trial-") as scratch:
         reply_path = os.path.join(scratch, "reply.pickle")
-        process = subprocess.Popen(
+        with subprocess.Popen(
             [sys.executable, "-m", "prefect_tune.tasks.child", reply_path],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        assert process.stdin and process.stdout and process.stderr
-        forwarders = [
-            _forward(process.stdout, logger, logging.INFO),
-            _forward(process.stderr, logger, logging.WARNING),
-        ]
-        try:
-            _send(process.stdin, pickle.dumps(sys.path))
-            _send(process.stdin, _dumps_job(job))
-        except BrokenPipeError:
-            pass  # the child died at start-up; its exit status tells why
-        except ConfigError as exc:
-            process.kill()
-            process.wait()
-            raise _failure(job, exc, logger) from exc
-        stopped = _wait(process, stop)
-        for thread in forwarders:
-            thread.join(STOP_GRACE_SECONDS)  # a grandchild may hold the pipes open
-        process.stdin.close()
+        ) as process:
+            assert process.stdin and process.stdout and process.stderr
+            forwarders = [
+                _forward(process.stdout, logger, logging.INFO),
+                _forward(process.stderr, logger, logging.WARNING),
+            ]
+            try:
+                _send(process.stdin, pickle.dumps(sys.path))
+                _send(process.stdin, payload)
+            except BrokenPipeError:
+                pass  # the child died at start-up; its exit status tells why
+            stopped = _wait(process, stop)
+            for thread in forwarders:
+                thread.join(STOP_GRACE_SECONDS)  # a grandchild may hold the pipes open
         if stopped:
             raise TrialStopped(f"trial {job.spec.trial_name} was stopped by the sweep")
         try:

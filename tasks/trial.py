@@ -10,12 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from prefect import State, get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.runtime import task_run
-from prefect.states import Cancelled
 
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -55,7 +54,10 @@ class TrialSettings:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Deterministic errors (bad metric, checkpoint or config) fail the same way again."""
+    """Deterministic errors (bad metric, checkpoint or config) fail the same way again,
+    and a stopped trial is not to run again in this sweep."""
+    if isinstance(error, TrialStopped):
+        return False
     cause = error.__cause__ if isinstance(error, TrialError) else error
     return not isinstance(cause, (MetricError, CheckpointError, ConfigError))
 
@@ -79,15 +81,16 @@ def trial_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> s
 )
 def run_trial(
     settings: TrialSettings, spec: TrialSpec, prior_attempts: int = 0, restart: bool = False
-) -> TrialOutcome | State[Any]:
-    """Run one attempt of trial `spec`; Prefect retries run the next ones. A trial the
-    sweep stopped ends in a Cancelled state instead of an outcome.
+) -> TrialOutcome:
+    """Run one attempt of trial `spec`; Prefect retries run the next ones.
 
     Every attempt resumes from the trial's latest committed checkpoint. `prior_attempts`
     counts attempts of earlier runs (a restore); `restart` starts the trial from scratch.
 
     Raises:
         TrialError: the attempt failed (state file: ERROR after the last attempt).
+        TrialStopped: the sweep stopped the trial (state file: STOPPED); raised, not
+            returned, so that no cached outcome would skip it in a later run.
     """
     logger = get_run_logger()
     store = settings.store
@@ -97,7 +100,7 @@ def run_trial(
     if stored is not None and stored.status is TrialStatus.TERMINATED and not restart:
         return stored
     if settings.stop.is_set():
-        return _stopped(store, stored or _state(spec, TrialStatus.STOPPED, attempt - 1))
+        _stopped(store, stored or _state(spec, TrialStatus.STOPPED, attempt - 1))
     if restart and run_count == 1:
         store.clear_history(spec.trial_name)
     store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt))
@@ -112,7 +115,7 @@ def run_trial(
             outcome = execute(job, logger, settings.stop)
     except TrialStopped:
         logger.warning("trial %s stopped: the sweep is stopping (fail_fast)", spec.trial_name)
-        return _stopped(store, _state(spec, TrialStatus.STOPPED, attempt))
+        _stopped(store, _state(spec, TrialStatus.STOPPED, attempt))
     except TrialError as exc:
         limit = settings.max_failures
         last = not is_retryable(exc) or (limit >= 0 and run_count > limit)
@@ -128,8 +131,7 @@ def _state(spec: TrialSpec, status: TrialStatus, attempts: int) -> TrialOutcome:
                         attempts=max(attempts, 0))
 
 
-def _stopped(store: ExperimentStore, outcome: TrialOutcome) -> State[Any]:
-    """Record the trial as STOPPED and end its task run Cancelled (nothing is cached)."""
-    stopped = replace(outcome, status=TrialStatus.STOPPED)
-    store.write_trial_state(stopped)
-    return Cancelled(message=f"trial {outcome.trial_name} stopped (fail_fast)")
+def _stopped(store: ExperimentStore, outcome: TrialOutcome) -> NoReturn:
+    """Record the trial as STOPPED and end its task run."""
+    store.write_trial_state(replace(outcome, status=TrialStatus.STOPPED))
+    raise TrialStopped(f"trial {outcome.trial_name} was stopped by the sweep (fail_fast)")

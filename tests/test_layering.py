@@ -114,3 +114,15 @@ def test_no_init_py_at_repo_root() -> None:
     assert not (ROOT / "__init__.py").exists(), (
         f"{ROOT / '__init__.py'} must not exist: the repo root is not a package"
     )
+
+
+def test_a_trial_process_does_not_import_prefect() -> None:
+    """The child that runs a trial imports only the storage and the session, so that it
+    starts in a fraction of a second."""
+    import subprocess
+    import sys
+
+    probe = "import sys, prefect_tune.tasks.child; print('prefect' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "False"
