@@ -5,10 +5,13 @@ one) on local storage, with trials in threads (the cheapest trials there are, so
 state share is at its largest): 5 reports, a checkpoint with the last. State writes
 (experiment.json once; trial.json when each trial starts and ends) are timed by wrapping
 the store's state methods. Printed per size:
-- state share: time in state writes / the sweep's wall time (Ray's budget is 5 %);
+- state share: CPU time of the state writes (thread time, so threads waiting for the
+  GIL are not counted) / the sweep's wall time (Ray's budget is 5 %);
+- the baseline, measured in the same run: the same sweep with the state writes switched
+  off; "wall ratio" is with / without (the end-to-end cost of the state);
 - bytes of state per trial event: must not grow with the number of trials;
-- baseline, measured in the same run: the time one whole-experiment snapshot per event
-  would take (Ray's way; what per-trial records avoid), as a share of the same wall time;
+- snapshot share: what one whole-experiment snapshot per event would cost (Ray's way;
+  what per-trial records avoid), as a share of the same wall time;
 - restore read: reading every trial's state back, as a restore does.
 
 Run: python bench/state_cost.py [--sizes 100 1000 10000]
@@ -31,15 +34,18 @@ from prefect_tune.tasks import report
 
 REPORTS = 5
 SPENT = {"seconds": 0.0, "bytes": 0, "events": 0}
+SWITCHED_OFF = {"state": False}
 
 
 def timed(method: Callable[..., Any], event: bool) -> Callable[..., Any]:
     def wrapper(self: ExperimentStore, *args: Any) -> Any:
-        tick = time.perf_counter()
+        if SWITCHED_OFF["state"] and event:
+            return None
+        tick = time.thread_time()
         try:
             return method(self, *args)
         finally:
-            SPENT["seconds"] += time.perf_counter() - tick
+            SPENT["seconds"] += time.thread_time() - tick
             if event:
                 SPENT["bytes"] += len(outcome_to_json(args[0]))
                 SPENT["events"] += 1
@@ -60,8 +66,7 @@ def train(config: dict[str, Any]) -> None:
                checkpoint=Checkpoint.from_dict({"step": step}) if last else None)
 
 
-def run(size: int, root: str) -> dict[str, float]:
-    SPENT.update(seconds=0.0, bytes=0, events=0)
+def sweep(size: int, root: str) -> tuple[float, Any]:
     tuner = Tuner(
         train, param_space={"i": grid_search(list(range(size)))},
         tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=4,
@@ -73,13 +78,22 @@ def run(size: int, root: str) -> dict[str, float]:
     grid = tuner.fit()
     wall = time.perf_counter() - begin
     assert grid.num_terminated == size
+    return wall, grid
+
+
+def run(size: int, root: str) -> dict[str, float]:
+    SWITCHED_OFF["state"] = True
+    baseline, _ = sweep(size, os.path.join(root, "off"))
+    SWITCHED_OFF["state"] = False
+    SPENT.update(seconds=0.0, bytes=0, events=0)
+    wall, grid = sweep(size, os.path.join(root, "on"))
     store = ExperimentStore(grid[0].store.storage, "exp")
     record = store.read_experiment()
     tick = time.perf_counter()
     states = store.read_trial_states(record.trials)
     restore = time.perf_counter() - tick
     return {
-        "trials": size, "wall": wall, "state": SPENT["seconds"],
+        "trials": size, "wall": wall, "baseline": baseline, "state": SPENT["seconds"],
         "bytes": SPENT["bytes"] / SPENT["events"],
         "snapshot": snapshot_cost(store, [s for s in states if s is not None]),
         "restore": restore,
@@ -103,10 +117,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-state-") as root:
         for size in args.sizes:
             rows.append(run(size, os.path.join(root, str(size))))
-    print(f"{'trials':>7} {'wall s':>8} {'state s':>8} {'share':>7} {'B/event':>8} "
-          f"{'snapshot share':>15} {'restore read s':>15}")
+    print(f"{'trials':>7} {'wall s':>8} {'no-state s':>10} {'wall ratio':>10} {'state s':>8} "
+          f"{'share':>7} {'B/event':>8} {'snapshot share':>15} {'restore read s':>15}")
     for row in rows:
-        print(f"{row['trials']:>7} {row['wall']:>8.1f} {row['state']:>8.3f} "
+        print(f"{row['trials']:>7} {row['wall']:>8.1f} {row['baseline']:>10.1f} "
+              f"{row['wall'] / row['baseline']:>10.3f} {row['state']:>8.3f} "
               f"{row['state'] / row['wall']:>7.2%} {row['bytes']:>8.0f} "
               f"{row['snapshot'] / row['wall']:>15.1%} {row['restore']:>15.3f}")
 
