@@ -162,7 +162,7 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
         "sweep %s: %d trials (%d to run), %d at a time, storage %s",
         plan.name, len(record.trials), len(work), plan.concurrency, store.path,
     )
-    progress = bookkeeping.start_progress(plan.name)
+    progress = bookkeeping.Progress(plan.name, len(record.trials))
     trial_task = run_trial.with_options(retries=UNLIMITED if max_failures < 0 else max_failures)
     # Trial outcomes persist beside the experiment, so a retried flow run finds them
     # wherever it runs. Task() insists on a saved block (for readers other than the task);
@@ -180,7 +180,7 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
     for done, future in enumerate(as_completed(list(futures)), len(kept) + 1):
         outcome = _outcome(future, futures[future], store)
         outcomes[outcome.trial_id] = outcome
-        bookkeeping.advance_progress(progress, done, len(record.trials))
+        progress.advance(done)
         if fail_fast and outcome.status is TrialStatus.ERROR and not settings.stop.is_set():
             logger.error("fail_fast: trial %s failed; stopping the sweep", outcome.trial_name)
             settings.stop.set()

@@ -75,7 +75,9 @@ class TuneStorage(WritableFileSystem):
         target = str(self._resolve_path(path))
         if storage.is_local:
             storage.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        storage.write_bytes(target, content)
+        # Atomic but not fsynced, as Prefect's own LocalFileSystem: the trial outcomes
+        # prefect-tune stores here are copies of trial.json.
+        storage.write_bytes(target, content, durable=False)
         return target
 
 

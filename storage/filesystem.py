@@ -54,10 +54,15 @@ class Storage:
         """The user-facing URI of `path`: a plain path locally, scheme://... elsewhere."""
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Replace `path` with `data` atomically: readers see the old or the new content."""
+    def write_bytes(self, path: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace `path` with `data` atomically: readers see the old or the new content.
+
+        Locally, `durable` also fsyncs the data before the rename, so that the new
+        content survives a power loss too; state files need that, files derived from
+        them do not (an object-store PUT is durable when it returns either way).
+        """
         if self.is_local:
-            write_local_atomic(path, data)
+            write_local_atomic(path, data, durable=durable)
         else:
             self.fs.pipe_file(path, data)
 
@@ -153,16 +158,18 @@ class Storage:
             ) from exc
 
 
-def write_local_atomic(path: str, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync it, and rename it over `path`."""
+def write_local_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to a temp file beside `path`, fsync it if `durable`, and rename it
+    over `path`."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     temp = f"{path}.tmp-{token()}"
     try:
         with open(temp, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):

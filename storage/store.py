@@ -145,7 +145,7 @@ class ExperimentStore:
 
     def write_params(self, trial_name: str, config: Mapping[str, Any]) -> None:
         data = json.dumps(config, sort_keys=True, indent=2).encode()
-        self.storage.write_bytes(self.layout.trial_file(trial_name, PARAMS), data)
+        self.storage.write_bytes(self.layout.trial_file(trial_name, PARAMS), data, durable=False)
 
     def append_error(self, trial_name: str, text: str) -> None:
         """Append one failure record to the trial's error.txt."""
@@ -210,8 +210,6 @@ class ExperimentStore:
     def commit_checkpoint(self, trial_name: str, index: int, source: str) -> None:
         """Publish local directory `source` as checkpoint `index` of the trial."""
         final = self.layout.checkpoint_dir(trial_name, index)
-        if self.storage.is_local:
-            os.makedirs(self.layout.trial_dir(trial_name), exist_ok=True)
         staging = self.layout.staging_dir(trial_name, index)
         try:
             self.storage.commit_directory(source, staging, final)
@@ -322,12 +320,12 @@ class ResultLog:
         assert self._json is not None and self._csv is not None
         self._json.write(line + "\n")
         self._json.flush()
-        if cells is None:
+        if cells is None and len(self._rows) > 1:  # a new column: a new header
             self._csv.close()
             self._write_csv_file()
-        else:
-            self._csv.write(_csv_line(cells))
-            self._csv.flush()
+            return
+        self._csv.write(self._csv_text() if cells is None else _csv_line(cells))
+        self._csv.flush()
 
     def flush(self) -> None:
         """Make every row so far durable in storage."""
@@ -356,13 +354,22 @@ class ResultLog:
         return "".join(lines)
 
     def _rewrite(self) -> None:
-        """Replace both local files with the rows held, then reopen them for appends."""
+        """Replace both local files with the rows held, then reopen them for appends.
+
+        With no rows to keep, truncating in place is as safe and much cheaper: a crash
+        leaves old rows, which the next resume cuts again.
+        """
+        if not self._rows:
+            self._json = open(self._json_path, "w", encoding="utf-8")  # noqa: SIM115 - held until close()
+            self._csv = open(self._csv_path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+            return
         self._storage.write_bytes(self._json_path, self._json_text().encode())
         self._json = open(self._json_path, "a", encoding="utf-8")  # noqa: SIM115 - held until close()
         self._write_csv_file()
 
     def _write_csv_file(self) -> None:
-        self._storage.write_bytes(self._csv_path, self._csv_text().encode())
+        """progress.csv is derived from result.json: replaced atomically, not fsynced."""
+        self._storage.write_bytes(self._csv_path, self._csv_text().encode(), durable=False)
         self._csv = open(self._csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - held until close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, cast
@@ -23,6 +24,8 @@ from prefect_tune.storage.layout import RESULTS_CSV, RESULTS_JSON
 from prefect_tune.storage.records import AUTO_KEYS, flatten, rank_key
 from prefect_tune.storage.retention import best_of
 
+#: Least seconds between two updates of the progress artifact.
+PROGRESS_SECONDS = 1.0
 #: Rows in the results table artifact; the full table is results.csv in storage.
 ARTIFACT_ROWS = 20
 _FIXED = ("trial_id", "trial_name", "status")
@@ -72,15 +75,24 @@ def write_results(store: ExperimentStore, frame: pd.DataFrame) -> None:
     store.write_file(RESULTS_JSON, frame.to_json(orient="records", indent=2).encode())
 
 
-def start_progress(experiment: str) -> UUID:
-    return cast(UUID, create_progress_artifact(
-        0.0, key=artifact_key(experiment, "progress"),
-        description=f"Trials of {experiment} finished so far",
-    ))
+class Progress:
+    """The sweep's progress artifact. Updated at most every PROGRESS_SECONDS, and always
+    when the last trial finishes: an API call per finished trial would cost more than a
+    tiny trial does."""
 
+    def __init__(self, experiment: str, total: int) -> None:
+        self.total = max(total, 1)
+        self.artifact_id = cast(UUID, create_progress_artifact(
+            0.0, key=artifact_key(experiment, "progress"),
+            description=f"Trials of {experiment} finished so far",
+        ))
+        self._last = time.monotonic()
 
-def advance_progress(artifact_id: UUID, done: int, total: int) -> None:
-    update_progress_artifact(artifact_id, 100.0 * done / max(total, 1))
+    def advance(self, done: int) -> None:
+        now = time.monotonic()
+        if done >= self.total or now - self._last >= PROGRESS_SECONDS:
+            update_progress_artifact(self.artifact_id, 100.0 * done / self.total)
+            self._last = now
 
 
 def publish_results(

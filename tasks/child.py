@@ -199,7 +199,7 @@ def main() -> int:
         reply = ("ok", execute(job, logger))
     except TrialError as exc:
         reply = ("error", exc.outcome, _portable(exc.__cause__))
-    write_local_atomic(reply_path, cloudpickle.dumps(reply))
+    write_local_atomic(reply_path, cloudpickle.dumps(reply), durable=False)
     return 0
 
 

@@ -115,7 +115,7 @@ def install_hooks(*, child: bool) -> None:
 
     _after(store.ExperimentStore, "create", "created")
     _after(store.ExperimentStore, "write_trial_state", "state")
-    _after(bookkeeping, "advance_progress", "finished")
+    _after(bookkeeping.Progress, "advance", "finished")
     _after(store.ExperimentStore, "write_file", "aggregate",
            lambda self, name, data: name == "results.csv")
     _before(bookkeeping, "publish_results", "publish")
