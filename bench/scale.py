@@ -43,12 +43,12 @@ def instrument() -> None:
     from prefect_tune.storage.state import outcome_to_json
 
     def timed(method: Callable[..., Any], event: bool) -> Callable[..., Any]:
-        def wrapper(self: ExperimentStore, *args: Any) -> Any:
+        def wrapper(self: ExperimentStore, *args: Any, **kwargs: Any) -> Any:
             if SWITCHED_OFF["state"] and event:
                 return None
             tick = time.thread_time()
             try:
-                return method(self, *args)
+                return method(self, *args, **kwargs)
             finally:
                 SPENT["seconds"] += time.thread_time() - tick
                 if event:

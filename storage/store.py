@@ -106,9 +106,10 @@ class ExperimentStore:
         path = self.layout.join(EXPERIMENT_STATE)
         return ExperimentRecord.from_json(self.storage.read_bytes(path), self.storage.uri(path))
 
-    def write_trial_state(self, outcome: TrialOutcome) -> None:
+    def write_trial_state(self, outcome: TrialOutcome, *, durable: bool = True) -> None:
+        """Replace the trial's trial.json; see `Storage.write_bytes` for `durable`."""
         path = self.layout.trial_file(outcome.trial_name, TRIAL_STATE)
-        self.storage.write_bytes(path, outcome_to_json(outcome))
+        self.storage.write_bytes(path, outcome_to_json(outcome), durable=durable)
 
     def read_trial_state(self, spec: TrialSpec) -> TrialOutcome | None:
         """The trial's last recorded outcome; None if it never started."""

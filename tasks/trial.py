@@ -103,7 +103,11 @@ def run_trial(
         _stopped(store, stored or _state(spec, TrialStatus.STOPPED, attempt - 1))
     if restart and run_count == 1:
         store.clear_history(spec.trial_name)
-    store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt))
+    if stored is not None or attempt > 1:
+        # A retry, or a trial an earlier run began: record that it runs again. A first
+        # attempt needs no record (without trial.json a trial is unfinished; params.json
+        # shows that it started), and losing this one to a power loss changes nothing.
+        store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt), durable=False)
     job = TrialJob(
         settings.trainable, store, spec, settings.checkpoint_config,
         settings.score_attribute, settings.score_order, attempt,
