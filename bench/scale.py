@@ -104,19 +104,19 @@ def snapshot_cost(store: Any, states: list[Any], samples: int = 50) -> float:
 
 
 def measure(size: int, baseline: bool) -> dict[str, Any]:
-    """One size in this process: the baseline sweep first (it pays the API start-up)."""
+    """One size in this process, after a tiny sweep that pays the API start-up: the
+    baseline sweep (state writes off), then the measured one."""
     from prefect_tune.flows import Tuner
     from prefect_tune.storage import ExperimentStore
 
     instrument()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as root:
+        sweep(1, os.path.join(root, "warm"))
+        no_state = float("nan")
         if baseline:
             SWITCHED_OFF["state"] = True
             no_state, _ = sweep(size, os.path.join(root, "off"))
             SWITCHED_OFF["state"] = False
-        else:  # warm the API up with a tiny sweep, so it is not counted
-            sweep(1, os.path.join(root, "warm"))
-            no_state = float("nan")
         SPENT.update(seconds=0.0, bytes=0, events=0)
         wall, grid = sweep(size, os.path.join(root, "on"))
         path = os.path.join(root, "on", "exp")

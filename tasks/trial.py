@@ -106,8 +106,8 @@ def run_trial(
     if stored is not None or attempt > 1:
         # A retry, or a trial an earlier run began: record that it runs again. A first
         # attempt needs no record (without trial.json a trial is unfinished; params.json
-        # shows that it started), and losing this one to a power loss changes nothing.
-        store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt), durable=False)
+        # shows that it started).
+        store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt))
     job = TrialJob(
         settings.trainable, store, spec, settings.checkpoint_config,
         settings.score_attribute, settings.score_order, attempt,
