@@ -8,7 +8,7 @@ once, with a small checkpoint. Per size:
 - state: thread CPU time of the experiment state writes (experiment.json once, trial.json
   at each trial's start and end) as a share of wall time, and bytes per trial event
   (must stay flat as the sweep grows);
-- baseline, in the same process: the same sweep with the state writes switched off
+- baseline: the same sweep with the state writes switched off, in a process of its own
   (`--no-baseline` skips it); "wall ratio" is with / without;
 - snapshot share: what one whole-experiment snapshot per event would cost instead
   (Ray's way), estimated from 50 evenly spaced snapshot writes;
@@ -103,36 +103,32 @@ def snapshot_cost(store: Any, states: list[Any], samples: int = 50) -> float:
     return (time.perf_counter() - tick) / len(picked) * events
 
 
-def measure(size: int, baseline: bool) -> dict[str, Any]:
-    """One size in this process, after a tiny sweep that pays the API start-up: the
-    baseline sweep (state writes off), then the measured one."""
+def measure(size: int, state: bool) -> dict[str, Any]:
+    """One sweep of `size` trials in this process, after a 1-trial sweep that pays the
+    API start-up. Every measured sweep gets a process of its own: the ephemeral server
+    digests a sweep's events for seconds after it ends, which would slow the next one."""
     from prefect_tune.flows import Tuner
     from prefect_tune.storage import ExperimentStore
 
     instrument()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as root:
         sweep(1, os.path.join(root, "warm"))
-        no_state = float("nan")
-        if baseline:
-            SWITCHED_OFF["state"] = True
-            no_state, _ = sweep(size, os.path.join(root, "off"))
-            SWITCHED_OFF["state"] = False
+        SWITCHED_OFF["state"] = not state
         SPENT.update(seconds=0.0, bytes=0, events=0)
-        wall, grid = sweep(size, os.path.join(root, "on"))
-        path = os.path.join(root, "on", "exp")
+        wall, grid = sweep(size, os.path.join(root, "exp"))
+        figures = {"trials": size, "wall_s": wall,
+                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if not state:
+            return figures
         tick = time.perf_counter()
-        restored = Tuner.restore(path, train).get_results()
-        restore = time.perf_counter() - tick
+        restored = Tuner.restore(os.path.join(root, "exp", "exp"), train).get_results()
+        figures["restore_s"] = time.perf_counter() - tick
         assert restored.num_terminated == size
         store = ExperimentStore(grid[0].store.storage, "exp")
         states = store.read_trial_states(store.read_experiment().trials)
-        snapshot = snapshot_cost(store, [s for s in states if s is not None])
-    return {
-        "trials": size, "wall_s": wall, "no_state_s": no_state, "state_s": SPENT["seconds"],
-        "bytes_per_event": SPENT["bytes"] / SPENT["events"], "snapshot_s": snapshot,
-        "restore_s": restore,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
+        figures["snapshot_s"] = snapshot_cost(store, [s for s in states if s is not None])
+    return {**figures, "state_s": SPENT["seconds"],
+            "bytes_per_event": SPENT["bytes"] / SPENT["events"]}
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -164,21 +160,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1,
                         help="whole-process runs per size (medians are reported)")
     parser.add_argument("--no-baseline", action="store_true")
-    parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # internal: one size
+    parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # internal: one sweep
+    parser.add_argument("--state", choices=("on", "off"), help=argparse.SUPPRESS)
     out_dir_argument(parser)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, not args.no_baseline)))
+        print(json.dumps(measure(args.measure, args.state == "on")))
         return
     from common import clean_env
 
     rows = []
     for size in args.sizes:
-        runs = [run_process([sys.executable, __file__, "--measure", str(size),
-                             *(["--no-baseline"] if args.no_baseline else [])], clean_env())
-                for _ in range(args.runs)]
-        rows.append({key: median([r[key] for r in runs]) for key in runs[0]})
-        print(rows[-1], flush=True)
+        on, off = [], []
+        for _ in range(args.runs):  # alternating, so that drift hits both alike
+            if not args.no_baseline:
+                off.append(run_process([sys.executable, __file__, "--measure", str(size),
+                                        "--state", "off"], clean_env()))
+            on.append(run_process([sys.executable, __file__, "--measure", str(size),
+                                   "--state", "on"], clean_env()))
+        row = {key: median([r[key] for r in on]) for key in on[0]}
+        row["no_state_s"] = median([r["wall_s"] for r in off]) if off else float("nan")
+        rows.append(row)
+        print(row, flush=True)
     lines = []
     for before, row in zip([None, *rows], rows, strict=False):
         growth = f"{row['wall_s'] / before['wall_s']:.1f}" if before else ""

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pandas as pd
 
@@ -19,6 +19,7 @@ from prefect_tune.storage import (
     TrialStatus,
 )
 from prefect_tune.storage.records import flatten
+from prefect_tune.storage.retention import best_of
 
 Scope = Literal["last", "avg", "all", "last-5-avg", "last-10-avg"]
 
@@ -95,11 +96,14 @@ class ResultGrid:
     def __init__(
         self, results: Sequence[Result], experiment_path: str,
         metric: str | None = None, mode: str | None = None,
+        ranking: tuple[str | None, str] = (None, "max"),
     ) -> None:
+        """`ranking`: the checkpoint score attribute and order (None: by recency)."""
         self._results = list(results)
         self.experiment_path = experiment_path
         self._metric = metric
         self._mode = mode
+        self._ranking = ranking
 
     def __len__(self) -> int:
         return len(self._results)
@@ -157,6 +161,28 @@ class ResultGrid:
                 f"(reported: {sorted({k for r in self._results for k in flatten(r.metrics)})})"
             )
         return max(scored, key=lambda pair: pair[0])[1]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the experiment path, trial counts by status and, with a metric and
+        mode, the best trial: its name, config, metric value and best checkpoint URI."""
+        counts: dict[str, int] = {}
+        for result in self._results:
+            counts[result.status.value] = counts.get(result.status.value, 0) + 1
+        out: dict[str, Any] = {"experiment_path": self.experiment_path, "trials": counts}
+        try:
+            best = self.get_best_result()
+        except ConfigError:  # no metric, or no trial reported it
+            return out
+        kept = best_of(best.outcome.checkpoints, *self._ranking, 1)
+        out["best"] = {
+            "trial": best.outcome.trial_name,
+            "config": best.config,
+            "metric": self._metric,
+            "value": flatten(best.metrics).get(cast(str, self._metric)),
+            "checkpoint": best.store.checkpoint(best.outcome.trial_name, kept[0].index).path
+            if kept else None,
+        }
+        return out
 
     def get_dataframe(self) -> pd.DataFrame:
         """One row per trial: its last metrics plus config/... columns."""

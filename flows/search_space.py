@@ -213,3 +213,42 @@ def space_to_json(space: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+_LISTS = {"grid_search": grid_search, "choice": choice}
+_RANGES = {"uniform": uniform, "loguniform": loguniform, "randint": randint}
+
+
+def space_from_json(data: Mapping[str, Any], where: str = "param_space") -> dict[str, Any]:
+    """The inverse of `space_to_json`: a dict with the single key grid_search, choice
+    (a list of values), uniform, loguniform or randint ([lower, upper]) is that domain;
+    other dicts nest; everything else is a constant.
+
+    Raises:
+        ConfigError: naming the key whose domain is malformed.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}"
+        kind = next(iter(value)) if isinstance(value, Mapping) and len(value) == 1 else None
+        if kind in _LISTS or kind in _RANGES:
+            out[key] = _domain(path, kind, value[kind])
+        elif isinstance(value, Mapping):
+            out[key] = space_from_json(value, path)
+        else:
+            out[key] = value
+    validate_space(out)
+    return out
+
+
+def _domain(path: str, kind: str, arguments: Any) -> Domain:
+    try:
+        if kind in _LISTS:
+            return _LISTS[kind](arguments)
+        if not isinstance(arguments, list) or len(arguments) != 2:
+            raise ConfigError(f"{kind} takes [lower, upper], got {arguments!r}")
+        return _RANGES[kind](*arguments)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,275 +1,130 @@
-"""The sweep: one Prefect flow run per experiment, one task run per trial.
+"""`sweep`: the sweep as a deployable Prefect flow.
 
-`run_sweep` is the single code path every entry point uses; it must run inside a flow.
-A new sweep writes experiment.json before any trial starts; a restore reads it back and
-runs only the trials its `Resume` policy selects, under their old ids.
+It runs `engine.run_sweep`, as `Tuner.fit()` does. Its parameters are all JSON, and their types and
+bounds are in its signature, so the server refuses a bad `--param` naming the field.
+
+    prefect deployment run 'sweep/on-demand' --param trainable=pkg.mod:train \\
+        --param 'param_space={"lr": {"loguniform": [1e-4, 0.1]}}' --param num_samples=8
 """
 
 from __future__ import annotations
 
-import os
-import random
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
-from typing import Any, cast
+import importlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal, cast
 
-from prefect import Flow, flow, get_run_logger, tags
-from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect import flow
+from prefect.runtime import deployment, flow_run
+from pydantic import Field
 
 from prefect_tune.flows.config import TuneConfig
-from prefect_tune.flows.results import Result, ResultGrid
-from prefect_tune.flows.search_space import generate_configs, space_to_json
+from prefect_tune.flows.engine import Resume, resolve_run_storage, run_sweep
+from prefect_tune.flows.search_space import space_from_json
+from prefect_tune.flows.tuner import Tuner
 from prefect_tune.storage import (
     CheckpointConfig,
     ConfigError,
     ExperimentStore,
     FailureConfig,
     RunConfig,
-    Storage,
-    TrialError,
-    TrialOutcome,
-    TrialSpec,
-    TrialStatus,
-    TrialStopped,
-    TuneStorage,
-    resolve_storage,
-    storage_from_block,
 )
-from prefect_tune.storage.config import DEFAULT_STORAGE_PATH
-from prefect_tune.storage.layout import PREFECT_RESULTS, new_trial_prefix, trial_id, trial_name
-from prefect_tune.storage.state import ExperimentRecord
-from prefect_tune.tasks import bookkeeping
-from prefect_tune.tasks.trial import TrialSettings, run_trial
+from prefect_tune.storage.layout import default_experiment_name
 
-#: Task retries standing for FailureConfig(max_failures=-1).
-UNLIMITED = 2**31 - 1
+TrainablePath = Annotated[str, Field(
+    pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+    description='Import path of the trainable: "package.module:function"',
+)]
+Order = Literal["min", "max"]
 
 
-@dataclass(frozen=True)
-class Resume:
-    """Which trials a restore runs again, by their stored status.
+def load_trainable(path: str) -> Callable[[dict[str, Any]], Any]:
+    """Import "package.module:function".
 
-    Finished (TERMINATED) trials are kept unless `finished`, which resubmits them so that
-    Prefect returns their cached outcome (a flow-run retry shows them as Cached).
+    Raises:
+        ConfigError: the module or the attribute is missing, or it is not callable.
     """
-
-    unfinished: bool = True
-    errored: bool = False
-    restart_errored: bool = False
-    finished: bool = False
-
-
-@dataclass(frozen=True)
-class SweepPlan:
-    """A validated sweep, ready to run; `resume` set means: continue the stored one."""
-
-    name: str
-    trainable: Callable[[dict[str, Any]], Any]
-    trainable_name: str
-    param_space: Mapping[str, Any]
-    tune_config: TuneConfig
-    run_config: RunConfig
-    resume: Resume | None = None
-
-    @property
-    def concurrency(self) -> int:
-        return self.tune_config.max_concurrent_trials or os.cpu_count() or 1
-
-
-def resolve_run_storage(run_config: RunConfig) -> Storage:
-    """The storage a RunConfig names: its block, its path, or the default path."""
-    if run_config.storage_block is not None:
-        return storage_from_block(run_config.storage_block)
-    return resolve_storage(
-        run_config.storage_path or DEFAULT_STORAGE_PATH, run_config.storage_options
-    )
-
-
-def new_record(plan: SweepPlan) -> ExperimentRecord:
-    """The state of a new experiment: sampled configs under fresh, id-based names."""
-    tune = plan.tune_config
-    seed = tune.seed if tune.seed is not None else random.SystemRandom().randrange(2**32)
-    configs = generate_configs(plan.param_space, tune.num_samples, random.Random(seed))
-    prefix = new_trial_prefix()
-    ids = [trial_id(prefix, i) for i in range(len(configs))]
-    return ExperimentRecord(
-        trainable=plan.trainable_name,
-        seed=seed,
-        param_space=space_to_json(plan.param_space),
-        trials=tuple(
-            TrialSpec(tid, trial_name(plan.trainable_name, tid), config)
-            for tid, config in zip(ids, configs, strict=True)
-        ),
-        tune=asdict(tune),
-        run={
-            "checkpoint_config": asdict(plan.run_config.checkpoint_config),
-            "failure_config": asdict(plan.run_config.failure_config),
-            "flow_run_id": flow_run.id,
-        },
-    )
-
-
-def stored_configs(record: ExperimentRecord) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
-    """The settings a stored experiment was created with."""
-    return (
-        TuneConfig(**record.tune),
-        CheckpointConfig(**record.run["checkpoint_config"]),
-        FailureConfig(**record.run["failure_config"]),
-    )
-
-
-def _open(plan: SweepPlan, store: ExperimentStore) -> tuple[ExperimentRecord, Resume | None]:
-    """Create the experiment, or read it back to continue it.
-
-    A flow-run retry (run_count > 1) of the run that created the experiment continues it.
-    """
-    resume = plan.resume
-    if resume is None and store.exists():
-        record = store.read_experiment()
-        if flow_run.run_count > 1 and record.run.get("flow_run_id") == flow_run.id:
-            return record, Resume(errored=True, finished=True)
-        raise ConfigError(
-            f"experiment {plan.name!r} already exists at {store.path}; continue it with "
-            f"Tuner.restore({store.path!r}, trainable=...), or give RunConfig(name=...) "
-            "a new name"
-        )
-    if resume is None:
-        record = new_record(plan)
-        store.create(record)
-        return record, None
-    return store.read_experiment(), resume
-
-
-def run_sweep(plan: SweepPlan) -> ResultGrid:
-    """Probe storage, run the selected trials as tasks, then write results and artifacts."""
-    logger = get_run_logger()
-    store = ExperimentStore(resolve_run_storage(plan.run_config), plan.name)
-    store.probe()
-    record, resume = _open(plan, store)
-    tune, checkpoints = plan.tune_config, plan.run_config.checkpoint_config
-    score_attribute = checkpoints.checkpoint_score_attribute or tune.metric
-    score_order = checkpoints.checkpoint_score_order if checkpoints.checkpoint_score_attribute \
-        else (tune.mode or "max")
-    max_failures = plan.run_config.failure_config.max_failures
-    settings = TrialSettings(
-        plan.trainable, store, checkpoints, score_attribute, score_order,
-        max_failures=max_failures, isolation=tune.isolation,
-    )
-    kept, work = _select(store, record, resume)
-    logger.info(
-        "sweep %s: %d trials (%d to run), %d at a time, storage %s",
-        plan.name, len(record.trials), len(work), plan.concurrency, store.path,
-    )
-    progress = bookkeeping.Progress(plan.name, len(record.trials))
-    trial_task = run_trial.with_options(retries=UNLIMITED if max_failures < 0 else max_failures)
-    # Trial outcomes persist beside the experiment, so a retried flow run finds them
-    # wherever it runs. Task() insists on a saved block (for readers other than the task);
-    # only the sweep reads these, and saving one would copy credentials into Prefect.
-    trial_task.result_storage = TuneStorage.over(
-        store.storage, store.layout.join(PREFECT_RESULTS)
-    )
-    with tags(plan.name):
-        futures = {
-            trial_task.submit(settings, spec, prior, restart): spec
-            for spec, prior, restart in work
-        }
-    outcomes = dict(kept)
-    fail_fast = plan.run_config.failure_config.fail_fast
-    for done, future in enumerate(as_completed(list(futures)), len(kept) + 1):
-        outcome = _outcome(future, futures[future], store)
-        outcomes[outcome.trial_id] = outcome
-        progress.advance(done)
-        if fail_fast and outcome.status is TrialStatus.ERROR and not settings.stop.is_set():
-            logger.error("fail_fast: trial %s failed; stopping the sweep", outcome.trial_name)
-            settings.stop.set()
-    ordered = [outcomes[spec.trial_id] for spec in record.trials]
-    frame = bookkeeping.results_frame(ordered, store, score_attribute, score_order)
-    bookkeeping.write_results(store, frame)
-    best = bookkeeping.best_outcome(ordered, tune.metric, tune.mode)
-    bookkeeping.publish_results(plan.name, store, frame, best, tune.metric, tune.mode)
-    counts = {s: sum(o.status is s for o in ordered) for s in TrialStatus}
-    logger.info(
-        "sweep %s finished: %d terminated, %d errored, %d stopped; results in %s",
-        plan.name, counts[TrialStatus.TERMINATED], counts[TrialStatus.ERROR],
-        counts[TrialStatus.STOPPED], store.path,
-    )
-    return ResultGrid([Result(o, store) for o in ordered], store.path, tune.metric, tune.mode)
-
-
-Work = tuple[TrialSpec, int, bool]
-
-
-def _select(
-    store: ExperimentStore, record: ExperimentRecord, resume: Resume | None
-) -> tuple[dict[str, TrialOutcome], list[Work]]:
-    """Split the trials into kept outcomes and work: (spec, prior attempts, restart)."""
-    if resume is None:
-        return {}, [(spec, 0, False) for spec in record.trials]
-    kept: dict[str, TrialOutcome] = {}
-    work: list[Work] = []
-    for spec, stored in zip(record.trials, store.read_trial_states(record.trials), strict=True):
-        status = stored.status if stored is not None else TrialStatus.PENDING
-        prior = stored.attempts if stored is not None else 0
-        if status is TrialStatus.TERMINATED:
-            if resume.finished:
-                work.append((spec, prior, False))
-            else:
-                kept[spec.trial_id] = cast(TrialOutcome, stored)
-        elif status is TrialStatus.ERROR:
-            if resume.restart_errored:
-                work.append((spec, 0, True))
-            elif resume.errored:
-                work.append((spec, prior, False))
-            else:
-                kept[spec.trial_id] = cast(TrialOutcome, stored)
-        elif resume.unfinished:
-            work.append((spec, prior, False))
-        else:
-            stopped = replace(
-                stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config, status),
-                status=TrialStatus.STOPPED,
-            )
-            store.write_trial_state(stopped)
-            kept[spec.trial_id] = stopped
-    return kept, work
-
-
-def _outcome(
-    future: PrefectFuture[Any], spec: TrialSpec, store: ExperimentStore
-) -> TrialOutcome:
+    module_name, _, attribute = path.partition(":")
     try:
-        return cast(TrialOutcome, future.result())
-    except TrialError as exc:
-        return exc.outcome
-    except TrialStopped:  # the trial recorded itself as STOPPED
-        return store.read_trial_state(spec) or TrialOutcome(
-            spec.trial_id, spec.trial_name, spec.config, TrialStatus.STOPPED
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"trainable={path!r}: module {module_name!r} cannot be imported ({exc}); install "
+            "it where the flow runs (the worker's environment)"
+        ) from exc
+    found = getattr(module, attribute, None)
+    if not callable(found):
+        raise ConfigError(
+            f"trainable={path!r}: {module_name} has no function {attribute!r}; use "
+            '"package.module:function"'
         )
-    except Exception as exc:  # noqa: BLE001 - a crashed trial must not end the sweep
-        return TrialOutcome(
-            spec.trial_id, spec.trial_name, spec.config, TrialStatus.ERROR,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+    return cast(Callable[[dict[str, Any]], Any], found)
 
 
-def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:
-    """The flow `Tuner.fit()` runs: named after the experiment, secrets kept out of its
-    parameters (they show only the experiment, trainable and search space)."""
+def experiment_name(trainable: str) -> str:
+    """The name of a run's experiment when none is given: the deployment's name (or the
+    trainable's) and the run's scheduled time, so that each scheduled run has its own."""
+    base = deployment.name or trainable.rpartition(":")[2]
+    when = flow_run.scheduled_start_time
+    return default_experiment_name(base, when if isinstance(when, datetime) else datetime.now())
 
-    @flow(
-        name="sweep",
-        flow_run_name=plan.name,
-        task_runner=cast(TaskRunner[Any], ThreadPoolTaskRunner(max_workers=plan.concurrency)),
-        persist_result=False,
+
+def _run_name() -> str:
+    parameters = flow_run.parameters
+    return str(parameters.get("name") or experiment_name(str(parameters["trainable"])))
+
+
+@flow(name="sweep", flow_run_name=_run_name, persist_result=False, validate_parameters=True)
+def sweep(
+    trainable: TrainablePath,
+    param_space: dict[str, Any] | None = None,
+    num_samples: Annotated[int, Field(ge=1)] = 1,
+    metric: str | None = None,
+    mode: Order | None = None,
+    max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None,
+    seed: int | None = None,
+    name: Annotated[str, Field(pattern=r"^[\w.-]+$")] | None = None,
+    storage_path: str | None = None,
+    storage_block: str | None = None,
+    num_to_keep: Annotated[int, Field(ge=0)] | None = None,
+    checkpoint_score_attribute: str | None = None,
+    checkpoint_score_order: Order = "max",
+    max_failures: Annotated[int, Field(ge=-1)] = 0,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run a sweep of `trainable` over `param_space` (JSON: {"lr": {"loguniform": [1e-4,
+    0.1]}, "layers": {"grid_search": [1, 2]}, "epochs": 3}).
+
+    Trials run in child processes, `max_concurrent_trials` at a time. Without `name`, the
+    experiment is named after the deployment (or trainable) and the scheduled time. With
+    `resume`, an existing experiment of that name is continued (its own settings win)
+    instead of refused.
+
+    Returns:
+        The experiment path, trial counts by status, and the best trial with its
+        checkpoint URI (when `metric` and `mode` are set).
+    """
+    run_config = RunConfig(
+        name=name or experiment_name(trainable),
+        storage_path=storage_path,
+        storage_block=storage_block,
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=num_to_keep,
+            checkpoint_score_attribute=checkpoint_score_attribute,
+            checkpoint_score_order=checkpoint_score_order,
+        ),
+        failure_config=FailureConfig(max_failures=max_failures),
     )
-    def sweep(
-        experiment: str = plan.name,
-        trainable: str = plan.trainable_name,
-        param_space: dict[str, Any] = space_to_json(plan.param_space),  # noqa: B008
-        num_samples: int = plan.tune_config.num_samples,
-    ) -> ResultGrid:
-        return run_sweep(plan)
-
-    return sweep
+    tuner = Tuner(
+        load_trainable(trainable),
+        param_space=space_from_json(param_space or {}),
+        tune_config=TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
+                               max_concurrent_trials=max_concurrent_trials, seed=seed),
+        run_config=run_config,
+    )
+    if resume:
+        store = ExperimentStore(resolve_run_storage(run_config), tuner.plan().name)
+        if store.exists():
+            tuner.continue_stored(store.read_experiment(), Resume())
+    grid = run_sweep(tuner.plan())
+    return grid.summary()

@@ -5,18 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
+
+from prefect import Flow, flow
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from prefect_tune.flows.config import TuneConfig
-from prefect_tune.flows.results import Result, ResultGrid
-from prefect_tune.flows.search_space import validate_space
-from prefect_tune.flows.sweep import (
+from prefect_tune.flows.engine import (
     Resume,
     SweepPlan,
+    checkpoint_ranking,
     resolve_run_storage,
+    run_sweep,
     stored_configs,
-    tune_flow,
 )
+from prefect_tune.flows.results import Result, ResultGrid
+from prefect_tune.flows.search_space import space_to_json, validate_space
 from prefect_tune.storage import (
     ConfigError,
     ExperimentStore,
@@ -87,8 +91,13 @@ class Tuner:
                 self.run_config,
                 name=default_experiment_name(self.trainable_name, datetime.now()),
             )
-        assert self.run_config.name is not None
-        plan = SweepPlan(
+        return tune_flow(self.plan())()
+
+    def plan(self) -> SweepPlan:
+        """The sweep `fit()` runs; the deployable `sweep` flow runs it in its own run."""
+        if self.run_config.name is None:
+            raise ConfigError("the sweep has no experiment name: set RunConfig(name=...)")
+        return SweepPlan(
             name=self.run_config.name,
             trainable=self.trainable,
             trainable_name=self.trainable_name,
@@ -97,7 +106,26 @@ class Tuner:
             run_config=self.run_config,
             resume=self._resume,
         )
-        return tune_flow(plan)()
+
+    def continue_stored(self, record: ExperimentRecord, resume: Resume) -> None:
+        """Make `fit()` continue the stored experiment `record` with its own settings
+        (search space, sampling, checkpoints, failures) and the `resume` policy.
+
+        Raises:
+            ConfigError: the experiment was created with another trainable.
+        """
+        if self.trainable_name != record.trainable:
+            raise ConfigError(
+                f"experiment {self.run_config.name!r} was created with trainable "
+                f"{record.trainable!r}, not {self.trainable_name!r}; pass the same trainable"
+            )
+        tune_config, checkpoint_config, failure_config = stored_configs(record)
+        self.param_space = dict(record.param_space)
+        self.tune_config = tune_config
+        self.run_config = replace(
+            self.run_config, checkpoint_config=checkpoint_config, failure_config=failure_config
+        )
+        self._resume = resume
 
     @classmethod
     def restore(
@@ -134,22 +162,12 @@ class Tuner:
             )
         store = _experiment_store(path, storage_options)
         record = _read_record(store, path)
-        tuner = cls(trainable, param_space=record.param_space)
-        if tuner.trainable_name != record.trainable:
-            raise ConfigError(
-                f"the experiment at {store.path} was created with trainable "
-                f"{record.trainable!r}, not {tuner.trainable_name!r}; pass the same trainable"
-            )
-        tune_config, checkpoint_config, failure_config = stored_configs(record)
-        tuner.tune_config = tune_config
-        tuner.run_config = RunConfig(
+        tuner = cls(trainable, run_config=RunConfig(
             name=store.name,
             storage_path=store.storage.uri(store.storage.root),
             storage_options=storage_options,
-            checkpoint_config=checkpoint_config,
-            failure_config=failure_config,
-        )
-        tuner._resume = Resume(resume_unfinished, resume_errored, restart_errored)
+        ))
+        tuner.continue_stored(record, Resume(resume_unfinished, resume_errored, restart_errored))
         return tuner
 
     @staticmethod
@@ -181,6 +199,7 @@ class Tuner:
         return ResultGrid(
             [Result(o, store) for o in outcomes], store.path,
             self.tune_config.metric, self.tune_config.mode,
+            checkpoint_ranking(self.tune_config, self.run_config.checkpoint_config),
         )
 
 
@@ -204,3 +223,24 @@ def _read_record(store: ExperimentStore, path: str) -> ExperimentRecord:
             f"no experiment at {path!r} ({store.path}/{EXPERIMENT_STATE} does not exist); pass "
             "the experiment directory Tuner.fit() wrote: <storage_path>/<name>"
         ) from None
+
+
+def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:
+    """The flow `Tuner.fit()` runs: named after the experiment, secrets kept out of its
+    parameters (they show only the experiment, trainable and search space)."""
+
+    @flow(
+        name="sweep",
+        flow_run_name=plan.name,
+        task_runner=cast(TaskRunner[Any], ThreadPoolTaskRunner(max_workers=plan.concurrency)),
+        persist_result=False,
+    )
+    def sweep(
+        experiment: str = plan.name,
+        trainable: str = plan.trainable_name,
+        param_space: dict[str, Any] = space_to_json(plan.param_space),  # noqa: B008
+        num_samples: int = plan.tune_config.num_samples,
+    ) -> ResultGrid:
+        return run_sweep(plan)
+
+    return sweep

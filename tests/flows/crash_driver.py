@@ -24,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect_tune.flows import TuneConfig, Tuner, grid_search
-from prefect_tune.flows.sweep import SweepPlan, tune_flow
+from prefect_tune.flows.engine import SweepPlan
+from prefect_tune.flows.tuner import tune_flow
 from prefect_tune.storage import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
