@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from typing import Annotated, Any, Literal
 
 # Offline machines: without this, the ephemeral server's telemetry call fails noisily.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import cyclopts
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
 
 from prefect_tune.flows.demo import run_demo
-from prefect_tune.storage import SweepError
+from prefect_tune.flows.experiments import list_experiments, open_experiment, read_experiment
+from prefect_tune.flows.sweep import load_trainable
+from prefect_tune.flows.tuner import Tuner
+from prefect_tune.storage import ConfigError, SweepError, resolve_storage
 
 app = cyclopts.App(
     name="prefect-tune",
@@ -35,6 +43,135 @@ def demo(storage_path: str | None = None, name: str | None = None) -> None:
     print(f"best trial: {best.path}")
     print(f"  loss={best.metrics['loss']:.6f} config={best.config}")
     print(f"  checkpoint: {best.checkpoint.path if best.checkpoint else None}")
+
+
+Options = Annotated[
+    str | None,
+    cyclopts.Parameter(help="fsspec storage options as JSON, e.g. '{\"anon\": false}'"),
+]
+_console = Console()
+
+
+def _options(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--storage-options is not JSON ({exc}): {text!r}") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--storage-options must be a JSON object, got {text!r}")
+    return options
+
+
+@app.command(name="ls")
+def list_command(storage: str, /, *, storage_options: Options = None) -> None:
+    """List the experiments in STORAGE: trial counts by status and last update.
+
+    Args:
+        storage: A storage path or URL (the storage_path of the sweeps).
+    """
+    where = resolve_storage(storage, _options(storage_options))
+    stores = list(list_experiments(where))
+    table = Table("experiment", "trials", "statuses", "last update")
+    for store in track(stores, description="reading experiments", console=_console,
+                       transient=True, disable=len(stores) < 2):
+        experiment = read_experiment(store)
+        statuses = ", ".join(f"{s} {n}" for s, n in sorted(experiment.statuses.items()))
+        updated = f"{experiment.updated:%Y-%m-%d %H:%M:%S %Z}" if experiment.updated else ""
+        table.add_row(store.name, str(len(experiment.outcomes)), statuses, updated)
+    if not stores:
+        print(f"no experiments in {where.url}")
+        return
+    _console.print(table)
+
+
+@app.command
+def show(experiment: str, /, *, storage_options: Options = None) -> None:
+    """Show EXPERIMENT's trials (status, metrics, best checkpoint) and its best trial.
+
+    Args:
+        experiment: The experiment directory: <storage_path>/<name>.
+    """
+    found = open_experiment(experiment, _options(storage_options))
+    frame = found.frame()
+    table = Table(*frame.columns)
+    for row in frame.astype(object).where(frame.notna(), "").itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
+    _console.print(table)
+    best = found.grid().summary().get("best")
+    if best:
+        print(f"best trial: {best['trial']} with {best['metric']}={best['value']}")
+        print(f"checkpoint: {best['checkpoint']}")
+
+
+@app.command
+def best(
+    experiment: str, /, *, metric: str | None = None, mode: Literal["min", "max"] | None = None,
+    storage_options: Options = None,
+) -> None:
+    """Print the URI of the best trial's best checkpoint (for scripts).
+
+    Args:
+        experiment: The experiment directory: <storage_path>/<name>.
+        metric: Ranks trials; default: the sweep's metric.
+        mode: "min" or "max"; default: the sweep's mode.
+    """
+    grid = open_experiment(experiment, _options(storage_options)).grid()
+    result = grid.get_best_result(metric, mode)
+    checkpoint = grid.best_checkpoint(result)
+    if checkpoint is None:
+        raise ConfigError(f"the best trial, {result.path}, kept no checkpoint")
+    print(checkpoint.path)
+
+
+@app.command
+def restore(
+    experiment: str, /, *, trainable: str, resume_errored: bool = False,
+    restart_errored: bool = False, storage_options: Options = None,
+) -> None:
+    """Continue EXPERIMENT: run its unfinished trials (and errored ones, if asked).
+
+    Args:
+        experiment: The experiment directory: <storage_path>/<name>.
+        trainable: The trainable it was created with: "package.module:function".
+        resume_errored: Also resume errored trials from their latest checkpoint.
+        restart_errored: Also restart errored trials from scratch.
+    """
+    tuner = Tuner.restore(
+        experiment, load_trainable(trainable), resume_errored=resume_errored,
+        restart_errored=restart_errored, storage_options=_options(storage_options),
+    )
+    with _console.status("running the remaining trials"):
+        summary = tuner.fit().summary()
+    print(json.dumps(summary, indent=2))
+
+
+@app.command
+def export(
+    experiment: str, /, *, format: Literal["csv", "json", "parquet"] = "csv",
+    output: str | None = None, storage_options: Options = None,
+) -> None:
+    """Write EXPERIMENT's trial table (one row per trial) as CSV, JSON or Parquet.
+
+    Args:
+        experiment: The experiment directory: <storage_path>/<name>.
+        format: csv, json (an array of rows) or parquet.
+        output: The file to write; default: standard output (csv and json only).
+    """
+    frame = open_experiment(experiment, _options(storage_options)).frame()
+    if format == "parquet":
+        if output is None:
+            raise ConfigError("--format parquet needs --output FILE (Parquet is binary)")
+        frame.to_parquet(output, index=False)
+        return
+    text = frame.to_csv(index=False) if format == "csv" else \
+        frame.to_json(orient="records", indent=2)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
 
 
 def main() -> None:

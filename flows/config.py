@@ -23,6 +23,11 @@ class TuneConfig:
             retried failure; "thread" in the task's thread, for trials too small to pay
             for a process start (about 0.2 s). Trials on memory:// storage, which lives
             in one process, always run in a thread.
+        tag_trials: Tag each trial's task run with the experiment name (the flow run is
+            always tagged). Prefect acquires tag concurrency slots through its API for
+            every tagged task run, a round trip that waits behind the server's event
+            processing: on Prefect's ephemeral server, 1,000 tiny trials took 34 s tagged
+            and 12 s untagged. Turn it off for sweeps of many short trials.
     """
 
     metric: str | None = None
@@ -31,6 +36,7 @@ class TuneConfig:
     max_concurrent_trials: int | None = None
     seed: int | None = None
     isolation: Literal["process", "thread"] = "process"
+    tag_trials: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in (None, "min", "max"):

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, cast
 
-from prefect import get_run_logger, tags
+from prefect import get_client, get_run_logger, tags
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 
@@ -154,6 +155,7 @@ def _open(plan: SweepPlan, store: ExperimentStore) -> tuple[ExperimentRecord, Re
 def run_sweep(plan: SweepPlan) -> ResultGrid:
     """Probe storage, run the selected trials as tasks, then write results and artifacts."""
     logger = get_run_logger()
+    _tag_flow_run(plan.name)
     store = ExperimentStore(resolve_run_storage(plan.run_config), plan.name)
     store.probe()
     record, resume = _open(plan, store)
@@ -203,6 +205,16 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
 Work = tuple[TrialSpec, int, bool]
 
 
+def _tag_flow_run(experiment: str) -> None:
+    """Tag the running flow run with the experiment name (one API call, if it lacks it)."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or experiment in context.flow_run.tags:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id,
+                               tags=[*context.flow_run.tags, experiment])
+
+
 def _run_window(
     plan: SweepPlan, trial_task: Any, settings: TrialSettings, work: list[Work]
 ) -> Iterator[TrialOutcome]:
@@ -218,7 +230,7 @@ def _run_window(
         if item is None:
             return
         spec, prior, restart = item
-        with tags(plan.name):
+        with tags(*([plan.name] if plan.tune_config.tag_trials else [])):
             future = trial_task.submit(settings, spec, prior, restart)
         running[future] = spec
         future.add_done_callback(finished.put)

@@ -173,16 +173,21 @@ class ResultGrid:
             best = self.get_best_result()
         except ConfigError:  # no metric, or no trial reported it
             return out
-        kept = best_of(best.outcome.checkpoints, *self._ranking, 1)
+        checkpoint = self.best_checkpoint(best)
         out["best"] = {
             "trial": best.outcome.trial_name,
             "config": best.config,
             "metric": self._metric,
             "value": flatten(best.metrics).get(cast(str, self._metric)),
-            "checkpoint": best.store.checkpoint(best.outcome.trial_name, kept[0].index).path
-            if kept else None,
+            "checkpoint": checkpoint.path if checkpoint else None,
         }
         return out
+
+    def best_checkpoint(self, result: Result) -> Checkpoint | None:
+        """`result`'s best kept checkpoint by the sweep's checkpoint ranking."""
+        kept = best_of(result.outcome.checkpoints, *self._ranking, 1)
+        return result.store.checkpoint(result.outcome.trial_name, kept[0].index) if kept \
+            else None
 
     def get_dataframe(self) -> pd.DataFrame:
         """One row per trial: its last metrics plus config/... columns."""

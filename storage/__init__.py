@@ -59,3 +59,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(block, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, so that `prefect block register -m prefect_tune.storage` finds
+    the block (it scans the module's members)."""
+    return sorted(set(globals()) | set(__all__))

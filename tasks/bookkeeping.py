@@ -13,6 +13,7 @@ from uuid import UUID
 
 import pandas as pd
 from prefect.artifacts import (
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
@@ -117,6 +118,11 @@ def publish_results(
         key=artifact_key(experiment, "summary"),
         description=f"Best trial of {experiment}",
     )
+    if not store.storage.is_local:  # a local path is no link a browser follows
+        create_link_artifact(
+            store.path, link_text=store.path, key=artifact_key(experiment, "storage"),
+            description=f"Where {experiment} is stored: checkpoints, results, state",
+        )
 
 
 def summary_markdown(

@@ -234,6 +234,7 @@ def test_prefect_records_flow_run_task_runs_and_artifacts(tmp_path: Path) -> Non
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["Prefect-Side 1"]))
         )
         assert run.state is not None and run.state.is_completed()
+        assert "Prefect-Side 1" in run.tags
         trial_names = {r.outcome.trial_name for r in grid}
         task_runs = wait_for(
             lambda: [t for t in client.read_task_runs() if t.flow_run_id == run.id],

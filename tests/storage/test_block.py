@@ -85,9 +85,10 @@ def test_unknown_block_name_is_a_clear_error() -> None:
         sweep("nope", storage_block="just-a-name")
 
 
-def test_block_type_registers_from_the_module(prefect_server: str) -> None:
+def test_block_type_registers_from_the_package(prefect_server: str) -> None:
+    """`-m prefect_tune.storage` finds the block although the package loads it lazily."""
     done = subprocess.run(
-        [sys.executable, "-m", "prefect", "block", "register", "-m", "prefect_tune.storage.block"],
+        [sys.executable, "-m", "prefect", "block", "register", "-m", "prefect_tune.storage"],
         check=False, env=dict(os.environ, PREFECT_API_URL=prefect_server),
         capture_output=True, text=True, timeout=120,
     )

@@ -1,0 +1,133 @@
+"""Stored experiments as the command line sees them: listed, tabulated, ranked.
+
+Everything here reads storage only (no Prefect API): an experiment is a directory
+holding experiment.json, wherever it was copied to.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from prefect_tune.flows.engine import checkpoint_ranking, stored_configs
+from prefect_tune.flows.results import Result, ResultGrid
+from prefect_tune.storage import (
+    ConfigError,
+    ExperimentStore,
+    Storage,
+    TrialOutcome,
+    TrialStatus,
+    resolve_storage,
+)
+from prefect_tune.storage.layout import EXPERIMENT_STATE, PARAMS
+from prefect_tune.storage.state import ExperimentRecord
+from prefect_tune.tasks.bookkeeping import results_frame
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A stored experiment, read back: its record, every trial's outcome, and when any of
+    its files last changed."""
+
+    store: ExperimentStore
+    record: ExperimentRecord
+    outcomes: tuple[TrialOutcome, ...]
+    updated: datetime | None
+
+    @property
+    def statuses(self) -> Counter[str]:
+        return Counter(o.status.value for o in self.outcomes)
+
+    def grid(self) -> ResultGrid:
+        tune, checkpoints, _ = stored_configs(self.record)
+        return ResultGrid([Result(o, self.store) for o in self.outcomes], self.store.path,
+                          tune.metric, tune.mode, checkpoint_ranking(tune, checkpoints))
+
+    def frame(self) -> pd.DataFrame:
+        """One row per trial, as results.csv has it."""
+        tune, checkpoints, _ = stored_configs(self.record)
+        return results_frame(self.outcomes, self.store, *checkpoint_ranking(tune, checkpoints))
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """("<storage>", "<name>") of an experiment path or URL.
+
+    Raises:
+        ConfigError: `path` names no directory inside a storage.
+    """
+    parent, _, name = path.rstrip("/").rpartition("/")
+    if not name or not parent or parent.endswith(":/"):
+        raise ConfigError(
+            f"{path!r} is not an experiment directory; pass <storage_path>/<name>, the "
+            "directory a sweep wrote"
+        )
+    return parent, name
+
+
+def open_experiment(path: str, storage_options: Mapping[str, Any] | None = None) -> Experiment:
+    """Read the experiment at `path` (a directory holding experiment.json).
+
+    Raises:
+        ConfigError: there is no experiment at `path`.
+    """
+    parent, name = split_path(path)
+    return read_experiment(ExperimentStore(resolve_storage(parent, storage_options), name))
+
+
+def read_experiment(store: ExperimentStore) -> Experiment:
+    try:
+        record = store.read_experiment()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no experiment at {store.path} ({EXPERIMENT_STATE} is missing); pass the "
+            "directory a sweep wrote: <storage_path>/<name>"
+        ) from None
+    files = _files(store.storage, store.layout.root)
+    outcomes = tuple(
+        stored or TrialOutcome(
+            spec.trial_id, spec.trial_name, spec.config,
+            TrialStatus.RUNNING if store.layout.trial_file(spec.trial_name, PARAMS) in files
+            else TrialStatus.PENDING,
+        )
+        for spec, stored in zip(record.trials, store.read_trial_states(record.trials),
+                                strict=True)
+    )
+    return Experiment(store, record, outcomes, max(files.values(), default=None))
+
+
+def list_experiments(storage: Storage) -> Iterator[ExperimentStore]:
+    """The experiments directly under `storage`, by name."""
+    for name in sorted(storage.listdir(storage.root)):
+        store = ExperimentStore(storage, name)
+        if store.exists():
+            yield store
+
+
+def _files(storage: Storage, root: str) -> dict[str, datetime]:
+    """Path -> modification time of every file of the experiment and its trial dirs
+    (not inside checkpoints), found in one listing."""
+    found = storage.fs.find(root, maxdepth=2, detail=True)
+    return {
+        storage.fs._strip_protocol(path): when
+        for path, info in found.items()
+        if (when := _mtime(info)) is not None
+    }
+
+
+def _mtime(info: Mapping[str, Any]) -> datetime | None:
+    value = info.get("mtime", info.get("LastModified", info.get("updated")))
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
