@@ -163,7 +163,12 @@ def export(
     if format == "parquet":
         if output is None:
             raise ConfigError("--format parquet needs --output FILE (Parquet is binary)")
-        frame.to_parquet(output, index=False)
+        try:
+            frame.to_parquet(output, index=False)
+        except ImportError as exc:
+            raise ConfigError(
+                f"--format parquet needs pyarrow ({exc}); pip install 'prefect-tune[parquet]'"
+            ) from None
         return
     text = frame.to_csv(index=False) if format == "csv" else \
         frame.to_json(orient="records", indent=2)

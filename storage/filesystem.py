@@ -161,11 +161,14 @@ class Storage:
 def write_local_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
     """Write `data` to a temp file beside `path`, fsync it if `durable`, and rename it
     over `path`."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     temp = f"{path}.tmp-{token()}"
     try:
-        with open(temp, "wb") as handle:
+        try:
+            handle = open(temp, "wb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            handle = open(temp, "wb")  # noqa: SIM115
+        with handle:
             handle.write(data)
             if durable:
                 handle.flush()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from prefect_tune.storage.errors import StorageError
@@ -70,10 +70,22 @@ class ExperimentRecord:
 
 def outcome_to_json(outcome: TrialOutcome) -> bytes:
     """The trial state file for `outcome` (its config lives in experiment.json)."""
-    data = asdict(outcome)
-    del data["config"]
-    data["format"] = STATE_FORMAT
-    return _dump(data)
+    def records(records: tuple[CheckpointRecord, ...]) -> list[dict[str, Any]]:
+        return [{"index": r.index, "metrics": r.metrics} for r in records]
+
+    return json.dumps({
+        "format": STATE_FORMAT,
+        "trial_id": outcome.trial_id,
+        "trial_name": outcome.trial_name,
+        "status": outcome.status.value,
+        "attempts": outcome.attempts,
+        "num_reports": outcome.num_reports,
+        "last_metrics": outcome.last_metrics,
+        "best_score": outcome.best_score,
+        "checkpoints": records(outcome.checkpoints),
+        "best_checkpoints": records(outcome.best_checkpoints),
+        "error": outcome.error,
+    }, indent=1).encode()
 
 
 def outcome_from_json(data: bytes, spec: TrialSpec, where: str) -> TrialOutcome:
