@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import cyclopts
+import pandas as pd
 from rich.console import Console
 from rich.progress import track
-from rich.table import Table
 
 from prefect_tune.flows.demo import run_demo
 from prefect_tune.flows.experiments import list_experiments, open_experiment, read_experiment
@@ -66,24 +66,29 @@ def _options(text: str | None) -> dict[str, Any] | None:
 
 @app.command(name="ls")
 def list_command(storage: str, /, *, storage_options: Options = None) -> None:
-    """List the experiments in STORAGE: trial counts by status and last update.
+    """List the experiments in STORAGE: trial counts by status and last update (a plain
+    table, wide rather than cut, so that scripts can read it).
 
     Args:
         storage: A storage path or URL (the storage_path of the sweeps).
     """
     where = resolve_storage(storage, _options(storage_options))
     stores = list(list_experiments(where))
-    table = Table("experiment", "trials", "statuses", "last update")
-    for store in track(stores, description="reading experiments", console=_console,
-                       transient=True, disable=len(stores) < 2):
-        experiment = read_experiment(store)
-        statuses = ", ".join(f"{s} {n}" for s, n in sorted(experiment.statuses.items()))
-        updated = f"{experiment.updated:%Y-%m-%d %H:%M:%S %Z}" if experiment.updated else ""
-        table.add_row(store.name, str(len(experiment.outcomes)), statuses, updated)
     if not stores:
         print(f"no experiments in {where.url}")
         return
-    _console.print(table)
+    rows = []
+    for store in track(stores, description="reading experiments", console=_console,
+                       transient=True, disable=len(stores) < 2):
+        experiment = read_experiment(store)
+        rows.append({
+            "experiment": store.name,
+            "trials": len(experiment.outcomes),
+            "statuses": ", ".join(f"{s} {n}" for s, n in sorted(experiment.statuses.items())),
+            "last update": f"{experiment.updated:%Y-%m-%d %H:%M:%S %Z}"
+            if experiment.updated else "",
+        })
+    print(pd.DataFrame(rows).to_string(index=False))
 
 
 @app.command
@@ -95,10 +100,7 @@ def show(experiment: str, /, *, storage_options: Options = None) -> None:
     """
     found = open_experiment(experiment, _options(storage_options))
     frame = found.frame()
-    table = Table(*frame.columns)
-    for row in frame.astype(object).where(frame.notna(), "").itertuples(index=False):
-        table.add_row(*(str(v) for v in row))
-    _console.print(table)
+    print(frame.astype(object).where(frame.notna(), "").to_string(index=False))
     best = found.grid().summary().get("best")
     if best:
         print(f"best trial: {best['trial']} with {best['metric']}={best['value']}")

@@ -211,6 +211,10 @@ def resolve_storage(url: str, options: Mapping[str, Any] | None = None) -> Stora
             f"storage_options for {url!r} were rejected by the filesystem: {exc}; pass only "
             f"keyword arguments that {url.split('://', 1)[0]!r} filesystems accept"
         ) from exc
+    except OSError as exc:  # e.g. hdfs:// without a JVM, a host that cannot be reached
+        raise StorageError(
+            f"storage_path {url!r} cannot be opened: {_describe(exc)}. {_hint(exc)}"
+        ) from exc
     display = root if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(root)
     return Storage(url=display, fs=fs, root=root.rstrip("/") or root)
 

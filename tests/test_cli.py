@@ -102,7 +102,10 @@ def test_restore_finishes_an_interrupted_experiment(tmp_path: Path, prefect_serv
     done = run_cli("demo", "--storage-path", str(tmp_path), "--name", "cut", api=prefect_server)
     assert done.returncode == 0, done.stderr
     trial = min(p for p in (tmp_path / "cut").iterdir() if (p / "trial.json").exists())
-    (trial / "trial.json").unlink()  # as if the driver died while the trial ran
+    # As if the driver died while the trial ran: no trial.json, no outcome cached by Prefect.
+    (trial / "trial.json").unlink()
+    for cached in (tmp_path / "cut" / ".prefect-results").glob(f"*{trial.name[-11:]}"):
+        cached.unlink()
     listed = run_cli("ls", str(tmp_path), api=prefect_server)
     assert "RUNNING 1" in listed.stdout and "TERMINATED 3" in listed.stdout
     restored = run_cli("restore", str(tmp_path / "cut"), "--trainable",

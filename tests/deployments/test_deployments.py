@@ -113,7 +113,8 @@ def test_the_run_publishes_its_artifacts(deployed: Deployed, sweep_run: Any) -> 
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(keys))))
     assert {a.key for a in artifacts} == keys
     by_key = {a.key: a for a in artifacts}
-    assert by_key["e2e-on-demand-storage"].data == f"s3://{deployed.bucket}/runs/e2e-on-demand"
+    uri = f"s3://{deployed.bucket}/runs/e2e-on-demand"
+    assert by_key["e2e-on-demand-storage"].data == f"[{uri}]({uri})"
     assert "**Best trial:**" in str(by_key["e2e-on-demand-summary"].data)
 
 
@@ -138,7 +139,10 @@ def test_the_scheduled_deployment_has_runs_and_names_experiments_by_time(
         )
     assert scheduled, "the cron schedule produced no scheduled runs"
     assert all(r.expected_start_time.hour == 2 for r in scheduled)
-    assert nightly.concurrency_limit == 1
+    assert nightly.global_concurrency_limit is not None
+    assert nightly.global_concurrency_limit.limit == 1
+    assert nightly.concurrency_options is not None
+    assert nightly.concurrency_options.collision_strategy == "ENQUEUE"
     assert nightly.parameters["resume"] is True
 
 
@@ -169,11 +173,11 @@ def test_the_ui_shows_the_trials_and_the_best_metric(deployed: Deployed, sweep_r
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run.id]}))
     trial_names = sorted(t.name for t in tasks)
     assert len(trial_names) == 2
-    run_page = render(f"{base}/runs/flow-run/{flow_run.id}")
+    run_page = render(f"{base}/v2/runs/flow-run/{flow_run.id}?tab=TaskRuns")
     for name in trial_names:
         assert name in run_page, f"{name} is not on the flow run's page"
     best_metric = str(summary.data).split("with loss = ", 1)[1].split("\n", 1)[0]
-    artifact_page = render(f"{base}/artifacts/artifact/{summary.id}")
+    artifact_page = render(f"{base}/v2/artifacts/artifact/{summary.id}")
     assert best_metric in artifact_page
     assert "e2e-on-demand" in artifact_page
 

@@ -42,7 +42,13 @@ def test_unknown_scheme_names_the_url() -> None:
 
 
 def test_missing_fsspec_package_says_what_to_install() -> None:
-    with pytest.raises(StorageError, match=r"'hdfs://namenode/x' needs a package .*pyarrow"):
+    with pytest.raises(StorageError, match=r"'oci://bucket/x' needs a package .*Install ocifs"):
+        fit("oci://bucket/x")
+
+
+def test_a_filesystem_that_cannot_start_is_a_storage_error() -> None:
+    pytest.importorskip("pyarrow")  # hdfs:// then loads, and fails for want of a JVM
+    with pytest.raises(StorageError, match=r"^storage_path 'hdfs://namenode/x' cannot be opened"):
         fit("hdfs://namenode/x")
 
 
