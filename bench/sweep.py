@@ -67,8 +67,8 @@ def run_tune(workload: Workload, root: str, isolation: str) -> None:
     tuner = Tuner(
         train,
         param_space={"trial": grid_search(list(range(workload.trials)))},
-        tune_config=TuneConfig(metric="loss", mode="min", isolation=isolation,  # type: ignore[arg-type]
-                               max_concurrent_trials=workload.concurrency),
+        tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=workload.concurrency,
+                               isolation=isolation),  # type: ignore[arg-type]
         run_config=RunConfig(name="bench", storage_path=root, checkpoint_config=CheckpointConfig(
             num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="min")),
     )

@@ -1,7 +1,8 @@
 """`sweep`: the sweep as a deployable Prefect flow.
 
-It runs `engine.run_sweep`, as `Tuner.fit()` does. Its parameters are all JSON, and their types and
-bounds are in its signature, so the server refuses a bad `--param` naming the field.
+It runs `engine.run_sweep`, as `Tuner.fit()` does. Its parameters are all JSON, and their
+types and bounds are in its signature, so the server refuses a bad `--param` naming the
+field.
 
     prefect deployment run 'sweep/on-demand' --param trainable=pkg.mod:train \\
         --param 'param_space={"lr": {"loguniform": [1e-4, 0.1]}}' --param num_samples=8

@@ -361,18 +361,19 @@ class ResultLog:
         With no rows to keep, truncating in place is as safe and much cheaper: a crash
         leaves old rows, which the next resume cuts again.
         """
+        # The handles stay open until close().
         if not self._rows:
-            self._json = open(self._json_path, "w", encoding="utf-8")  # noqa: SIM115 - held until close()
+            self._json = open(self._json_path, "w", encoding="utf-8")  # noqa: SIM115
             self._csv = open(self._csv_path, "w", encoding="utf-8", newline="")  # noqa: SIM115
             return
         self._storage.write_bytes(self._json_path, self._json_text().encode())
-        self._json = open(self._json_path, "a", encoding="utf-8")  # noqa: SIM115 - held until close()
+        self._json = open(self._json_path, "a", encoding="utf-8")  # noqa: SIM115
         self._write_csv_file()
 
     def _write_csv_file(self) -> None:
         """progress.csv is derived from result.json: replaced atomically, not fsynced."""
         self._storage.write_bytes(self._csv_path, self._csv_text().encode(), durable=False)
-        self._csv = open(self._csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - held until close()
+        self._csv = open(self._csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
 
 
 def _cell(value: Any) -> Any:

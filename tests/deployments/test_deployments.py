@@ -86,7 +86,8 @@ def sweep_run(deployed: Deployed) -> dict[str, Any]:
     assert done.returncode == 0, done.stdout + done.stderr
     deployed.work()
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": ["e2e-on-demand"]}))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name={"any_": ["e2e-on-demand"]}))
     assert len(runs) == 1
     return {"flow_run": runs[0]}
 
@@ -195,3 +196,29 @@ def render(url: str) -> str:
         )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+def test_deploy_py_creates_the_deployments_of_prefect_yaml(deployed: Deployed) -> None:
+    """Last in this module: it replaces the two deployments with its own, which must be
+    the same as the YAML's."""
+    import yaml
+
+    from prefect_tune.deployments.deploy import SWEEP_PARAMETERS, deploy_sweeps
+
+    spec = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    from_yaml = {d["name"]: d for d in spec["deployments"]}
+    assert from_yaml["on-demand"]["parameters"] == SWEEP_PARAMETERS
+    assert from_yaml["nightly"]["parameters"] == {**SWEEP_PARAMETERS, "resume": True}
+    ids = deploy_sweeps("sweeps")
+    with get_client(sync_client=True) as client:
+        made = {d.name: d for d in (client.read_deployment(i) for i in ids)}
+    assert set(made) == {"on-demand", "nightly"}
+    assert made["on-demand"].parameters == SWEEP_PARAMETERS
+    # Prefect writes module entrypoints as "pkg.module.flow"; the YAML's "pkg.module:flow"
+    # names the same flow.
+    entrypoint = from_yaml["on-demand"]["entrypoint"].replace(":", ".")
+    assert made["on-demand"].entrypoint == entrypoint
+    nightly = made["nightly"]
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.global_concurrency_limit is not None
+    assert nightly.global_concurrency_limit.limit == 1
