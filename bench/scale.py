@@ -187,7 +187,7 @@ def main() -> None:
     lines = []
     for before, row in zip([None, *rows], rows, strict=False):
         growth = f"{row['wall_s'] / before['wall_s']:.1f}" if before else ""
-        lines.append([row["trials"], row["wall_s"], growth, row["no_state_s"],
+        lines.append([int(row["trials"]), row["wall_s"], growth, row["no_state_s"],
                       f"{row['wall_s'] / row['no_state_s']:.3f}", row["state_s"],
                       f"{row['state_s'] / row['wall_s']:.2%}", f"{row['bytes_per_event']:.0f}",
                       f"{row['snapshot_s'] / row['wall_s']:.1%}", row["restore_s"],

@@ -1,4 +1,4 @@
-"""Stored experiments as the command line sees them: listed, tabulated, ranked.
+"""Stored experiments read back: for `Tuner.restore`/`get_results` and the command line.
 
 Everything here reads storage only (no Prefect API): an experiment is a directory
 holding experiment.json, wherever it was copied to.
@@ -54,19 +54,35 @@ class Experiment:
         return results_frame(self.outcomes, self.store, *checkpoint_ranking(tune, checkpoints))
 
 
-def split_path(path: str) -> tuple[str, str]:
-    """("<storage>", "<name>") of an experiment path or URL.
+def experiment_store(path: str, storage_options: Mapping[str, Any] | None = None
+                     ) -> ExperimentStore:
+    """The store of the experiment directory `path` (`<storage_path>/<name>`).
 
     Raises:
         ConfigError: `path` names no directory inside a storage.
     """
-    parent, _, name = path.rstrip("/").rpartition("/")
+    parent, _, name = path.rstrip("/").rpartition("/") if isinstance(path, str) else ("", "", "")
     if not name or not parent or parent.endswith(":/"):
         raise ConfigError(
-            f"{path!r} is not an experiment directory; pass <storage_path>/<name>, the "
+            f"path={path!r} is not an experiment directory; pass <storage_path>/<name>, the "
             "directory a sweep wrote"
         )
-    return parent, name
+    return ExperimentStore(resolve_storage(parent, storage_options), name)
+
+
+def read_record(store: ExperimentStore, path: str | None = None) -> ExperimentRecord:
+    """The experiment's experiment.json.
+
+    Raises:
+        ConfigError: there is none (naming `path`, default the store's URI).
+    """
+    try:
+        return store.read_experiment()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no experiment at {path or store.path!r} ({store.path}/{EXPERIMENT_STATE} does "
+            "not exist); pass the directory a sweep wrote: <storage_path>/<name>"
+        ) from None
 
 
 def open_experiment(path: str, storage_options: Mapping[str, Any] | None = None) -> Experiment:
@@ -75,19 +91,17 @@ def open_experiment(path: str, storage_options: Mapping[str, Any] | None = None)
     Raises:
         ConfigError: there is no experiment at `path`.
     """
-    parent, name = split_path(path)
-    return read_experiment(ExperimentStore(resolve_storage(parent, storage_options), name))
+    return read_experiment(experiment_store(path, storage_options), path)
 
 
-def read_experiment(store: ExperimentStore) -> Experiment:
-    try:
-        record = store.read_experiment()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no experiment at {store.path} ({EXPERIMENT_STATE} is missing); pass the "
-            "directory a sweep wrote: <storage_path>/<name>"
-        ) from None
-    files = _files(store.storage, store.layout.root)
+def read_experiment(
+    store: ExperimentStore, path: str | None = None, *, scan: bool = True
+) -> Experiment:
+    """Every trial's outcome as stored now. With `scan`, one listing of the experiment
+    also tells which trials without trial.json have started (RUNNING, not PENDING) and
+    when any file last changed."""
+    record = read_record(store, path)
+    files = _files(store.storage, store.layout.root) if scan else {}
     outcomes = tuple(
         stored or TrialOutcome(
             spec.trial_id, spec.trial_name, spec.config,
@@ -110,13 +124,15 @@ def list_experiments(storage: Storage) -> Iterator[ExperimentStore]:
 
 def _files(storage: Storage, root: str) -> dict[str, datetime]:
     """Path -> modification time of every file of the experiment and its trial dirs
-    (not inside checkpoints), found in one listing."""
-    found = storage.fs.find(root, maxdepth=2, detail=True)
-    return {
-        storage.fs._strip_protocol(path): when
-        for path, info in found.items()
-        if (when := _mtime(info)) is not None
-    }
+    (not inside checkpoints). One recursive listing: on object stores a depth limit would
+    cost a request per directory instead."""
+    depth = root.rstrip("/").count("/") + 2
+    files = {}
+    for found, info in storage.fs.find(root, detail=True).items():
+        path, when = storage.fs._strip_protocol(found), _mtime(info)
+        if path.count("/") <= depth and when is not None:
+            files[path] = when
+    return files
 
 
 def _mtime(info: Mapping[str, Any]) -> datetime | None:

@@ -14,23 +14,20 @@ from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.engine import (
     Resume,
     SweepPlan,
-    checkpoint_ranking,
     resolve_run_storage,
     run_sweep,
     stored_configs,
 )
-from prefect_tune.flows.results import Result, ResultGrid
+from prefect_tune.flows.experiments import experiment_store, read_experiment, read_record
+from prefect_tune.flows.results import ResultGrid
 from prefect_tune.flows.search_space import space_to_json, validate_space
 from prefect_tune.storage import (
     ConfigError,
     ExperimentStore,
     RunConfig,
     StorageError,
-    TrialOutcome,
-    TrialStatus,
-    resolve_storage,
 )
-from prefect_tune.storage.layout import EXPERIMENT_STATE, default_experiment_name
+from prefect_tune.storage.layout import default_experiment_name
 from prefect_tune.storage.state import ExperimentRecord
 
 
@@ -160,8 +157,8 @@ class Tuner:
                 "resume_errored and restart_errored are both set: choose one (resume from "
                 "the latest checkpoint, or restart from scratch)"
             )
-        store = _experiment_store(path, storage_options)
-        record = _read_record(store, path)
+        store = experiment_store(path, storage_options)
+        record = read_record(store, path)
         tuner = cls(trainable, run_config=RunConfig(
             name=store.name,
             storage_path=store.storage.uri(store.storage.root),
@@ -174,7 +171,7 @@ class Tuner:
     def can_restore(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
         """Whether `path` holds an experiment that `Tuner.restore` can read."""
         try:
-            _read_record(_experiment_store(path, storage_options), path)
+            read_record(experiment_store(path, storage_options), path)
         except (ConfigError, StorageError):
             return False
         return True
@@ -188,41 +185,7 @@ class Tuner:
         if self.run_config.name is None:
             raise ConfigError("get_results() needs an experiment: call fit() or restore() first")
         store = ExperimentStore(resolve_run_storage(self.run_config), self.run_config.name)
-        record = _read_record(store, store.path)
-        outcomes = [
-            stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config,
-                                   TrialStatus.PENDING)
-            for spec, stored in zip(
-                record.trials, store.read_trial_states(record.trials), strict=True
-            )
-        ]
-        return ResultGrid(
-            [Result(o, store) for o in outcomes], store.path,
-            self.tune_config.metric, self.tune_config.mode,
-            checkpoint_ranking(self.tune_config, self.run_config.checkpoint_config),
-        )
-
-
-def _experiment_store(path: str, storage_options: Mapping[str, Any] | None) -> ExperimentStore:
-    if not isinstance(path, str) or not path.strip("/"):
-        raise ConfigError(f"path={path!r} is not an experiment directory; pass <storage>/<name>")
-    parent, _, name = path.rstrip("/").rpartition("/")
-    if not name or not parent or parent.endswith(":/"):
-        raise ConfigError(
-            f"path={path!r} is not an experiment directory; pass <storage_path>/<name>, "
-            "the directory Tuner.fit() wrote"
-        )
-    return ExperimentStore(resolve_storage(parent, storage_options), name)
-
-
-def _read_record(store: ExperimentStore, path: str) -> ExperimentRecord:
-    try:
-        return store.read_experiment()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no experiment at {path!r} ({store.path}/{EXPERIMENT_STATE} does not exist); pass "
-            "the experiment directory Tuner.fit() wrote: <storage_path>/<name>"
-        ) from None
+        return read_experiment(store, scan=False).grid()
 
 
 def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:

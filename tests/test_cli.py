@@ -119,4 +119,33 @@ def test_a_missing_experiment_is_one_error_line(tmp_path: Path, prefect_server: 
     done = run_cli("show", str(tmp_path / "nope"), api=prefect_server)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(
-        f"prefect-tune: error: no experiment at {tmp_path / 'nope'}")
+        f"prefect-tune: error: no experiment at '{tmp_path / 'nope'}'")
+
+
+def test_ls_and_best_read_an_experiment_on_s3(
+    prefect_server: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import json
+
+    from prefect_tune.flows import TuneConfig, Tuner, grid_search
+    from prefect_tune.flows.demo import train_linear
+    from prefect_tune.storage import RunConfig
+    from tests.conftest import make_backend
+
+    s3 = make_backend("s3", request, tmp_path)
+    grid = Tuner(
+        train_linear, param_space={"lr": grid_search([0.05, 0.1]), "epochs": 2},
+        tune_config=TuneConfig(metric="loss", mode="min", isolation="thread"),
+        run_config=RunConfig(name="on-s3", storage_path=s3.url, storage_options=s3.options),
+    ).fit()
+    options = json.dumps(s3.options)
+    listed = run_cli("ls", s3.url, "--storage-options", options, api=prefect_server)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "on-s3" in line)
+    assert "TERMINATED 2" in row
+    printed = run_cli("best", f"{s3.url}/on-s3", "--storage-options", options,
+                      api=prefect_server)
+    assert printed.returncode == 0, printed.stderr
+    best = grid.get_best_result()
+    assert printed.stdout.strip() == grid.best_checkpoint(best).path
+    assert printed.stdout.startswith(f"{s3.url}/on-s3/")
