@@ -126,15 +126,7 @@ def prefect_server() -> Iterator[str]:
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"prefect server did not start; see {log.name}") from None
-                time.sleep(0.2)
+        wait_for_http(f"{url}/health", proc, f"prefect server (see {log.name})")
         yield url
     finally:
         proc.terminate()
@@ -169,6 +161,36 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def out_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "out"),
                         help="where the JSON and markdown go (default: bench/out)")
+
+
+def run_iterations(workload: Workload, trial: int, report: Any,
+                   checkpoint_from_directory: Any) -> None:
+    """The workload's iterations inside a tuning library's trial: `report(metrics)`, or
+    `report(metrics, checkpoint=...)` with a fresh directory holding the checkpoint file."""
+    data = payload(workload.checkpoint_kib)
+    for iteration in range(1, workload.iterations + 1):
+        burn(workload.loop)
+        metrics = workload.metrics(trial, iteration)
+        if not workload.checkpoints_at(iteration):
+            report(metrics)
+            continue
+        with tempfile.TemporaryDirectory() as directory:
+            with open(os.path.join(directory, "model.bin"), "wb") as handle:
+                handle.write(data)
+            report(metrics, checkpoint=checkpoint_from_directory(directory))
+
+
+def wait_for_http(url: str, proc: subprocess.Popen[Any], what: str, timeout: float = 120) -> None:
+    """Poll `url` until it answers; fail if `proc` exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.2)
 
 
 def plain_trial(trial: int, root: str, workload: Workload) -> dict[str, float]:

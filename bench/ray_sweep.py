@@ -12,7 +12,7 @@ import tempfile
 import time
 from typing import Any
 
-from common import Workload, burn, emit, payload
+from common import Workload, emit, run_iterations
 
 
 def main() -> None:
@@ -26,19 +26,8 @@ def main() -> None:
     import ray
     from ray import tune
 
-    data = payload(workload.checkpoint_kib)
-
     def train(config: dict[str, Any]) -> None:
-        for iteration in range(1, workload.iterations + 1):
-            burn(workload.loop)
-            metrics = workload.metrics(config["trial"], iteration)
-            if not workload.checkpoints_at(iteration):
-                tune.report(metrics)
-                continue
-            with tempfile.TemporaryDirectory() as directory:
-                with open(os.path.join(directory, "model.bin"), "wb") as handle:
-                    handle.write(data)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        run_iterations(workload, config["trial"], tune.report, tune.Checkpoint.from_directory)
 
     begin = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as root:

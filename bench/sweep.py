@@ -27,14 +27,13 @@ from typing import Any
 from common import (
     HERE,
     Workload,
-    burn,
     clean_env,
     emit,
     median,
     out_dir_argument,
-    payload,
     plain_trial,
     prefect_server,
+    run_iterations,
     run_process,
     table,
     write_outputs,
@@ -50,19 +49,8 @@ def run_tune(workload: Workload, root: str, isolation: str) -> None:
     from prefect_tune.storage import Checkpoint, CheckpointConfig, RunConfig
     from prefect_tune.tasks import report
 
-    data = payload(workload.checkpoint_kib)
-
     def train(config: dict[str, Any]) -> None:
-        for iteration in range(1, workload.iterations + 1):
-            burn(workload.loop)
-            metrics = workload.metrics(config["trial"], iteration)
-            if not workload.checkpoints_at(iteration):
-                report(metrics)
-                continue
-            with tempfile.TemporaryDirectory() as directory:
-                with open(os.path.join(directory, "model.bin"), "wb") as handle:
-                    handle.write(data)
-                report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        run_iterations(workload, config["trial"], report, Checkpoint.from_directory)
 
     tuner = Tuner(
         train,

@@ -21,13 +21,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from common import _free_port, median, out_dir_argument, payload, table, write_outputs
+from common import (
+    _free_port,
+    median,
+    out_dir_argument,
+    payload,
+    table,
+    wait_for_http,
+    write_outputs,
+)
 
 MiB = 1024 * 1024
 
@@ -39,15 +46,7 @@ def moto_server() -> Iterator[str]:
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
+        wait_for_http(f"{endpoint}/moto-api/", proc, "moto server")
         yield endpoint
     finally:
         proc.terminate()
