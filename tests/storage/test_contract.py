@@ -155,3 +155,22 @@ def test_resume_never_reuses_an_index_a_row_referenced(backend: Backend, tmp_pat
     log.append({"training_iteration": 1, "checkpoint_dir_name": "checkpoint_000004"}, durable=True)
     log.close()
     assert store.resume_point("t_00000").next_index == 5
+
+
+def test_trial_state_round_trips_and_an_empty_file_is_no_record(backend: Backend) -> None:
+    from prefect_tune.storage import CheckpointRecord, TrialOutcome, TrialSpec, TrialStatus
+    from prefect_tune.storage.layout import TRIAL_STATE
+
+    store = make_store(backend)
+    done, cut, never = (TrialSpec(f"t{i}", f"train_t{i}", {"x": i}) for i in range(3))
+    outcome = TrialOutcome("t0", "train_t0", {"x": 0}, TrialStatus.TERMINATED,
+                           last_metrics={"loss": 0.5}, num_reports=3,
+                           checkpoints=(CheckpointRecord(2, {"loss": 0.5}),),
+                           best_checkpoints=(CheckpointRecord(2, {"loss": 0.5}),),
+                           best_score=0.5, attempts=2)
+    store.write_trial_state(outcome)
+    # What a power loss can leave after an unsynced replace: an empty file.
+    store.storage.fs.makedirs(store.layout.trial_dir(cut.trial_name), exist_ok=True)
+    store.storage.fs.pipe_file(store.layout.trial_file(cut.trial_name, TRIAL_STATE), b"")
+    assert store.read_trial_states([done, cut, never]) == [outcome, None, None]
+    assert store.read_trial_state(done) == outcome
