@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from prefect.task_runners import TaskRunner
 
 from prefect_tune.storage import ConfigError
 
@@ -28,6 +30,11 @@ class TuneConfig:
             every tagged task run, a round trip that waits behind the server's event
             processing: on Prefect's ephemeral server, 1,000 tiny trials took 34 s tagged
             and 12 s untagged. Turn it off for sweeps of many short trials.
+        task_runner: The Prefect task runner the trials run on; default: a thread pool
+            of `max_concurrent_trials` in the flow's process. For trials on several
+            machines use prefect-dask's `DaskTaskRunner(address="tcp://scheduler:8786")`
+            with storage every machine sees (cloud storage or a shared mount), and set
+            `max_concurrent_trials` to the cluster's size. Not stored with the experiment.
     """
 
     metric: str | None = None
@@ -37,6 +44,11 @@ class TuneConfig:
     seed: int | None = None
     isolation: Literal["process", "thread"] = "process"
     tag_trials: bool = True
+    task_runner: TaskRunner[Any] | None = field(default=None, compare=False)
+
+    def stored(self) -> dict[str, Any]:
+        """The settings experiment.json keeps: all but the task runner."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task_runner"}
 
     def __post_init__(self) -> None:
         if self.mode not in (None, "min", "max"):
@@ -58,6 +70,11 @@ class TuneConfig:
         if self.isolation not in ("process", "thread"):
             raise ConfigError(
                 f'isolation={self.isolation!r} is invalid: use "process" or "thread"'
+            )
+        if self.task_runner is not None and not isinstance(self.task_runner, TaskRunner):
+            raise ConfigError(
+                f"task_runner={self.task_runner!r} is not a Prefect task runner; pass one "
+                "such as prefect_dask.DaskTaskRunner(address=...)"
             )
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed={self.seed!r} is invalid: use an integer")

@@ -39,7 +39,7 @@ from prefect_tune.storage import (
     resolve_storage,
     storage_from_block,
 )
-from prefect_tune.storage.config import DEFAULT_STORAGE_PATH
+from prefect_tune.storage.config import DEFAULT_STORAGE_PATH, StopCondition
 from prefect_tune.storage.layout import PREFECT_RESULTS, new_trial_prefix, trial_id, trial_name
 from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks import bookkeeping
@@ -112,13 +112,22 @@ def new_record(plan: SweepPlan) -> ExperimentRecord:
             TrialSpec(tid, trial_name(plan.trainable_name, tid), config)
             for tid, config in zip(ids, configs, strict=True)
         ),
-        tune=asdict(tune),
+        tune=tune.stored(),
         run={
             "checkpoint_config": asdict(plan.run_config.checkpoint_config),
             "failure_config": asdict(plan.run_config.failure_config),
+            "stop": stop_to_json(plan.run_config.stop),
             "flow_run_id": flow_run.id,
         },
     )
+
+
+def stop_to_json(stop: StopCondition) -> dict[str, Any] | None:
+    """How experiment.json records a stop condition: its thresholds, or the name of its
+    function (which a restore must be given again)."""
+    if stop is None or isinstance(stop, Mapping):
+        return None if stop is None else {"thresholds": dict(stop)}
+    return {"function": getattr(stop, "__qualname__", repr(stop))}
 
 
 def stored_configs(record: ExperimentRecord) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
@@ -159,12 +168,14 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
     store = ExperimentStore(resolve_run_storage(plan.run_config), plan.name)
     store.probe()
     record, resume = _open(plan, store)
+    marker = store.mark()
     tune, checkpoints = plan.tune_config, plan.run_config.checkpoint_config
     score_attribute, score_order = checkpoint_ranking(tune, checkpoints)
     max_failures = plan.run_config.failure_config.max_failures
     settings = TrialSettings(
         plan.trainable, store, checkpoints, score_attribute, score_order,
         max_failures=max_failures, isolation=tune.isolation,
+        stop_condition=plan.run_config.stop, marker=marker,
     )
     kept, work = _select(store, record, resume)
     logger.info(
@@ -220,7 +231,8 @@ def _run_window(
 ) -> Iterator[TrialOutcome]:
     """Submit the trials, at most `plan.concurrency` at a time, and yield each outcome as
     its trial ends (a trial is submitted only when a slot frees up, so the UI shows
-    running trials, not thousands of pending ones)."""
+    running trials, not thousands of pending ones). Once the sweep stops (fail_fast), the
+    trials not yet submitted are recorded STOPPED without starting."""
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     running: dict[PrefectFuture[Any], TrialSpec] = {}
     queued = iter(work)
@@ -240,7 +252,15 @@ def _run_window(
     while running:
         future = finished.get()
         yield _outcome(future, running.pop(future), settings.store)
-        submit_next()
+        if not settings.stop.is_set():
+            submit_next()
+    for spec, prior, _ in queued:  # the sweep stopped (fail_fast): these never start
+        stored = settings.store.read_trial_state(spec)
+        stopped = replace(stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config,
+                                                 TrialStatus.STOPPED, attempts=prior),
+                          status=TrialStatus.STOPPED)
+        settings.store.write_trial_state(stopped)
+        yield stopped
 
 
 def _select(
@@ -290,7 +310,12 @@ def _outcome(
             spec.trial_id, spec.trial_name, spec.config, TrialStatus.STOPPED
         )
     except Exception as exc:  # noqa: BLE001 - a crashed trial must not end the sweep
-        return TrialOutcome(
-            spec.trial_id, spec.trial_name, spec.config, TrialStatus.ERROR,
-            error=f"{type(exc).__name__}: {exc}",
+        # The task failed before it could record itself (its host cannot see the
+        # storage, or its worker died): the sweep records it.
+        outcome = replace(
+            store.read_trial_state(spec) or TrialOutcome(
+                spec.trial_id, spec.trial_name, spec.config, TrialStatus.ERROR),
+            status=TrialStatus.ERROR, error=f"{type(exc).__name__}: {exc}",
         )
+        store.write_trial_state(outcome)
+        return outcome

@@ -40,7 +40,7 @@ Order = Literal["min", "max"]
 
 
 def load_trainable(path: str) -> Callable[[dict[str, Any]], Any]:
-    """Import "package.module:function".
+    """Import "package.module:function" (or a `Trainable` class).
 
     Raises:
         ConfigError: the module or the attribute is missing, or it is not callable.
@@ -90,13 +90,19 @@ def sweep(
     num_to_keep: Annotated[int, Field(ge=0)] | None = None,
     checkpoint_score_attribute: str | None = None,
     checkpoint_score_order: Order = "max",
+    checkpoint_frequency: Annotated[int, Field(ge=0)] = 0,
+    checkpoint_at_end: bool = False,
+    stop: dict[str, float] | None = None,
     max_failures: Annotated[int, Field(ge=-1)] = 0,
     resume: bool = False,
 ) -> dict[str, Any]:
     """Run a sweep of `trainable` over `param_space` (JSON: {"lr": {"loguniform": [1e-4,
     0.1]}, "layers": {"grid_search": [1, 2]}, "epochs": 3}).
 
-    Trials run in child processes, `max_concurrent_trials` at a time. Without `name`, the
+    `trainable` is a function or a `Trainable` class ("pkg.mod:LinearModel"); for a class,
+    `checkpoint_frequency`/`checkpoint_at_end` say when it saves, and `stop`
+    ({"training_iteration": 10}) when a trial ends. Trials run in child processes,
+    `max_concurrent_trials` at a time. Without `name`, the
     experiment is named after the deployment (or trainable) and the scheduled time. With
     `resume`, an existing experiment of that name is continued (its own settings win)
     instead of refused.
@@ -113,8 +119,11 @@ def sweep(
             num_to_keep=num_to_keep,
             checkpoint_score_attribute=checkpoint_score_attribute,
             checkpoint_score_order=checkpoint_score_order,
+            checkpoint_frequency=checkpoint_frequency,
+            checkpoint_at_end=checkpoint_at_end,
         ),
         failure_config=FailureConfig(max_failures=max_failures),
+        stop=stop,
     )
     tuner = Tuner(
         load_trainable(trainable),

@@ -22,13 +22,16 @@ from prefect_tune.flows.experiments import experiment_store, read_experiment, re
 from prefect_tune.flows.results import ResultGrid
 from prefect_tune.flows.search_space import space_to_json, validate_space
 from prefect_tune.storage import (
+    CheckpointConfig,
     ConfigError,
     ExperimentStore,
     RunConfig,
     StorageError,
 )
+from prefect_tune.storage.config import StopCondition
 from prefect_tune.storage.layout import default_experiment_name
 from prefect_tune.storage.state import ExperimentRecord
+from prefect_tune.tasks.trainable import is_class_trainable
 
 
 class Tuner:
@@ -70,6 +73,7 @@ class Tuner:
         self.param_space = param_space
         self.tune_config = tune_config or TuneConfig()
         self.run_config = run_config or RunConfig()
+        check_trainable(trainable, self.run_config.checkpoint_config)
         self._resume: Resume | None = None
 
     @property
@@ -108,8 +112,12 @@ class Tuner:
         """Make `fit()` continue the stored experiment `record` with its own settings
         (search space, sampling, checkpoints, failures) and the `resume` policy.
 
+        The stop condition is the stored one too; an experiment stopped by a function needs
+        that function again (in this Tuner's RunConfig). The task runner is this Tuner's.
+
         Raises:
-            ConfigError: the experiment was created with another trainable.
+            ConfigError: the experiment was created with another trainable, or with a stop
+                function this Tuner lacks.
         """
         if self.trainable_name != record.trainable:
             raise ConfigError(
@@ -117,11 +125,23 @@ class Tuner:
                 f"{record.trainable!r}, not {self.trainable_name!r}; pass the same trainable"
             )
         tune_config, checkpoint_config, failure_config = stored_configs(record)
+        stored_stop = record.run.get("stop") or {}
+        stop = self.run_config.stop
+        if "function" in stored_stop and not callable(stop):
+            raise ConfigError(
+                f"experiment {self.run_config.name!r} was created with the stop function "
+                f"{stored_stop['function']!r}; pass it again: Tuner.restore(path, trainable, "
+                "stop=...)"
+            )
+        if "function" not in stored_stop:
+            stop = stored_stop.get("thresholds")
         self.param_space = dict(record.param_space)
-        self.tune_config = tune_config
+        self.tune_config = replace(tune_config, task_runner=self.tune_config.task_runner)
         self.run_config = replace(
-            self.run_config, checkpoint_config=checkpoint_config, failure_config=failure_config
+            self.run_config, checkpoint_config=checkpoint_config, failure_config=failure_config,
+            stop=stop,
         )
+        check_trainable(self.trainable, checkpoint_config)
         self._resume = resume
 
     @classmethod
@@ -134,6 +154,8 @@ class Tuner:
         resume_errored: bool = False,
         restart_errored: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        stop: StopCondition = None,
+        task_runner: TaskRunner[Any] | None = None,
     ) -> Tuner:
         """A Tuner that continues the experiment stored at `path` when `fit()` runs.
 
@@ -147,6 +169,9 @@ class Tuner:
             path: The experiment directory: `<storage_path>/<name>`, a path or URL.
             trainable: The trainable the experiment was created with (same name).
             storage_options: fsspec options for `path` (credentials, endpoint).
+            stop: The stop function the experiment was created with, if it had one
+                (stop thresholds are stored with the experiment).
+            task_runner: Where the trials run (see `TuneConfig.task_runner`).
 
         Raises:
             ConfigError: no experiment at `path`, another trainable, or both
@@ -159,11 +184,13 @@ class Tuner:
             )
         store = experiment_store(path, storage_options)
         record = read_record(store, path)
-        tuner = cls(trainable, run_config=RunConfig(
-            name=store.name,
-            storage_path=store.storage.uri(store.storage.root),
-            storage_options=storage_options,
-        ))
+        tuner = cls(trainable, tune_config=TuneConfig(task_runner=task_runner),
+                    run_config=RunConfig(
+                        name=store.name,
+                        storage_path=store.storage.uri(store.storage.root),
+                        storage_options=storage_options,
+                        stop=stop,
+                    ))
         tuner.continue_stored(record, Resume(resume_unfinished, resume_errored, restart_errored))
         return tuner
 
@@ -188,6 +215,24 @@ class Tuner:
         return read_experiment(store, scan=False).grid()
 
 
+def check_trainable(trainable: object, checkpoints: CheckpointConfig) -> None:
+    """Refuse class-only checkpoint triggers for a function trainable.
+
+    Raises:
+        ConfigError: naming the setting and what a function does instead.
+    """
+    if is_class_trainable(trainable):
+        return
+    for name, value in (("checkpoint_frequency", checkpoints.checkpoint_frequency),
+                        ("checkpoint_at_end", checkpoints.checkpoint_at_end)):
+        if value:
+            raise ConfigError(
+                f"CheckpointConfig({name}={value!r}) applies to class trainables only: a "
+                "function trainable decides itself when to checkpoint, by passing "
+                "checkpoint=... to report(); remove the setting, or subclass Trainable"
+            )
+
+
 def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:
     """The flow `Tuner.fit()` runs: named after the experiment, secrets kept out of its
     parameters (they show only the experiment, trainable and search space)."""
@@ -195,7 +240,8 @@ def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:
     @flow(
         name="sweep",
         flow_run_name=plan.name,
-        task_runner=cast(TaskRunner[Any], ThreadPoolTaskRunner(max_workers=plan.concurrency)),
+        task_runner=plan.tune_config.task_runner
+        or cast(TaskRunner[Any], ThreadPoolTaskRunner(max_workers=plan.concurrency)),
         persist_result=False,
     )
     def sweep(

@@ -14,6 +14,7 @@ from prefect_tune.storage.errors import (
     MetricError,
     OutsideTrialError,
     StorageError,
+    StorageNotShared,
     SweepError,
     TrialCrashed,
     TrialError,
@@ -21,7 +22,7 @@ from prefect_tune.storage.errors import (
 )
 from prefect_tune.storage.filesystem import Storage, resolve_storage
 from prefect_tune.storage.records import CheckpointRecord, TrialOutcome, TrialSpec, TrialStatus
-from prefect_tune.storage.store import ExperimentStore, ResumePoint
+from prefect_tune.storage.store import ExperimentStore, ResumePoint, StorageMarker
 
 if TYPE_CHECKING:
     from prefect_tune.storage.block import TuneStorage, storage_from_block
@@ -40,6 +41,8 @@ __all__ = [
     "RunConfig",
     "Storage",
     "StorageError",
+    "StorageMarker",
+    "StorageNotShared",
     "SweepError",
     "TrialCrashed",
     "TrialError",

@@ -58,23 +58,9 @@ class Checkpoint:
         Values JSON cannot hold are refused unless `allow_pickle=True`, which stores a
         pickle instead (and `to_dict` then needs `allow_pickle=True` too).
         """
-        if not isinstance(data, Mapping):
-            raise CheckpointError(f"Checkpoint.from_dict needs a dict, got {type(data).__name__}")
         directory = tempfile.mkdtemp(prefix="prefect-tune-dict-")
         try:
-            if allow_pickle:
-                with open(os.path.join(directory, DICT_PICKLE_FILE), "wb") as handle:
-                    pickle.dump(dict(data), handle)
-            else:
-                try:
-                    payload = to_json_value(data, "checkpoint")
-                except MetricError as exc:
-                    raise CheckpointError(
-                        f"Checkpoint.from_dict: {exc}; or pass allow_pickle=True to store a "
-                        "pickle"
-                    ) from None
-                with open(os.path.join(directory, DICT_FILE), "w") as handle:
-                    json.dump(payload, handle)
+            write_dict(directory, data, allow_pickle=allow_pickle)
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
@@ -161,3 +147,28 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.path!r})"
+
+
+def write_dict(directory: str, data: Mapping[str, Any], *, allow_pickle: bool = True) -> None:
+    """Store `data` in local `directory` as JSON; if JSON cannot hold it, as a pickle when
+    `allow_pickle`, else raise CheckpointError naming the value."""
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"a dict checkpoint needs a dict, got {type(data).__name__}")
+    try:
+        payload = to_json_value(data, "checkpoint")
+    except MetricError as exc:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"Checkpoint.from_dict: {exc}; or pass allow_pickle=True to store a pickle"
+            ) from None
+        with open(os.path.join(directory, DICT_PICKLE_FILE), "wb") as handle:
+            pickle.dump(dict(data), handle)
+        return
+    with open(os.path.join(directory, DICT_FILE), "w") as handle:
+        json.dump(payload, handle)
+
+
+def holds_dict(directory: str) -> bool:
+    """Whether local checkpoint `directory` was written by `write_dict`."""
+    return any(os.path.exists(os.path.join(directory, name))
+               for name in (DICT_FILE, DICT_PICKLE_FILE))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefect_tune.storage.errors import ConfigError
 
 DEFAULT_STORAGE_PATH = "~/prefect_tune_results"
+
+#: When a trial ends early: metric thresholds (any metric reaching its value), or a
+#: function of (trial id, result row) returning True to stop.
+StopCondition = Mapping[str, float] | Callable[[str, dict[str, Any]], bool] | None
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -101,6 +105,9 @@ class RunConfig:
             TuneStorage, RemoteFileSystem or LocalFileSystem.
         checkpoint_config: Which checkpoints to keep.
         failure_config: How failing trials are treated.
+        stop: Ends each trial early: {"training_iteration": 10, "acc": 0.99} stops it
+            once any of these metrics reaches its value (every result must report
+            them), or a function `stop(trial_id, result) -> bool`.
     """
 
     name: str | None = None
@@ -109,8 +116,10 @@ class RunConfig:
     storage_block: Any = None
     checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
     failure_config: FailureConfig = field(default_factory=FailureConfig)
+    stop: StopCondition = None
 
     def __post_init__(self) -> None:
+        _check_stop(self.stop)
         if self.name is not None:
             validate_experiment_name(self.name)
         if self.storage_path is not None and self.storage_block is not None:
@@ -133,6 +142,20 @@ class RunConfig:
             raise ConfigError("checkpoint_config must be a CheckpointConfig")
         if not isinstance(self.failure_config, FailureConfig):
             raise ConfigError("failure_config must be a FailureConfig")
+
+
+def _check_stop(stop: object) -> None:
+    if stop is None or callable(stop):
+        return
+    if isinstance(stop, Mapping) and stop and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+        for k, v in stop.items()
+    ):
+        return
+    raise ConfigError(
+        f"stop={stop!r} is invalid: use a dict of metric thresholds such as "
+        '{"training_iteration": 10}, or a function stop(trial_id, result) -> bool'
+    )
 
 
 def _block_label(block: object) -> str:

@@ -27,6 +27,11 @@ class StorageError(SweepError, OSError):
     """Storage cannot be reached, written or read."""
 
 
+class StorageNotShared(StorageError):
+    """A trial runs where it cannot see the experiment's storage (a local path of another
+    machine); not retried, since the trial would fail the same way there again."""
+
+
 class CheckpointError(SweepError, ValueError):
     """A checkpoint cannot be created, read or converted."""
 

@@ -2,6 +2,7 @@
 
     <storage>/<experiment>/
         experiment.json                       written once: search, settings, trials
+        .storage-marker.json                  rewritten by each sweep run, read by trials
         results.csv  results.json
         <trainable>_<5 hex>_<00000>/          one per trial
             trial.json                        status, attempts, checkpoint records
@@ -27,6 +28,8 @@ from prefect_tune.storage.records import checkpoint_dir_name
 
 EXPERIMENT_STATE = "experiment.json"
 TRIAL_STATE = "trial.json"
+#: Written by the sweep, read back by every trial: proves the trial sees the same storage.
+STORAGE_MARKER = ".storage-marker.json"
 #: Prefect's persisted trial-task results (keyed "<experiment>-<trial id>").
 PREFECT_RESULTS = ".prefect-results"
 RESULTS_CSV = "results.csv"

@@ -14,13 +14,14 @@ import csv
 import io
 import json
 import os
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from prefect_tune.storage.checkpoint import Checkpoint
-from prefect_tune.storage.errors import StorageError
+from prefect_tune.storage.errors import StorageError, StorageNotShared
 from prefect_tune.storage.filesystem import Storage
 from prefect_tune.storage.layout import (
     ERROR_FILE,
@@ -29,9 +30,11 @@ from prefect_tune.storage.layout import (
     PARAMS,
     PROGRESS,
     RESULT_LOG,
+    STORAGE_MARKER,
     TRIAL_STATE,
     ExperimentLayout,
     checkpoint_index,
+    token,
     used_index,
 )
 from prefect_tune.storage.records import (
@@ -45,6 +48,14 @@ from prefect_tune.storage.state import ExperimentRecord, outcome_from_json, outc
 
 #: On object stores, rows between checkpoints are uploaded at most this often.
 REMOTE_FLUSH_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class StorageMarker:
+    """What the sweep wrote into its storage for trials to read back."""
+
+    token: str
+    host: str
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,39 @@ class ExperimentStore:
     def probe(self) -> None:
         """Check that the experiment directory can be written, read and deleted from."""
         self.storage.probe(self.layout.probe_file())
+
+    def mark(self) -> StorageMarker:
+        """Write a fresh storage marker for this run's trials to `check_marker`."""
+        marker = StorageMarker(token(), socket.gethostname())
+        data = json.dumps({"token": marker.token, "host": marker.host}).encode()
+        self.storage.write_bytes(self.layout.join(STORAGE_MARKER), data, durable=False)
+        return marker
+
+    def check_marker(self, marker: StorageMarker, trial_name: str) -> None:
+        """Check that this process sees the storage the sweep wrote `marker` into.
+
+        Raises:
+            StorageNotShared: naming this host, the sweep's host and what to use instead.
+        """
+        path = self.layout.join(STORAGE_MARKER)
+        try:
+            found = json.loads(self.storage.read_bytes(path)).get("token")
+        except (FileNotFoundError, ValueError):
+            found = None
+        if found == marker.token:
+            return
+        seen = "finds no such file" if found is None else "finds another run's marker there"
+        where = (
+            "memory:// storage lives in one process: use a local path, NFS or cloud storage"
+            if self.storage.is_in_memory else
+            "a local path is only on the machine it belongs to: mount one shared filesystem "
+            "(NFS) at that path on every machine, or use cloud storage (s3://, gs://)"
+        )
+        raise StorageNotShared(
+            f"trial {trial_name} on host {socket.gethostname()!r} cannot see the experiment's "
+            f"storage {self.path}: the sweep on host {marker.host!r} wrote "
+            f"{self.storage.uri(path)}, but this process {seen}. {where}"
+        )
 
     def trial_uri(self, trial_name: str) -> str:
         return self.storage.uri(self.layout.trial_dir(trial_name))

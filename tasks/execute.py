@@ -24,7 +24,9 @@ from prefect_tune.storage import (
     TrialStatus,
     TrialStopped,
 )
-from prefect_tune.tasks.session import _SESSION, TrialSession
+from prefect_tune.storage.config import StopCondition
+from prefect_tune.tasks.session import _SESSION, TrialDone, TrialSession
+from prefect_tune.tasks.trainable import drive, is_class_trainable
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -40,10 +42,12 @@ class TrialJob:
     score_attribute: str | None
     score_order: str
     attempt: int
+    stop_condition: StopCondition = None
 
 
 def execute(job: TrialJob, logger: Logger, stop: threading.Event | None = None) -> TrialOutcome:
-    """Run `job.trainable(config)` as this attempt of the trial.
+    """Run `job.trainable(config)` (or drive a class trainable) as this attempt of the
+    trial, until it returns or meets the stop condition.
 
     The attempt resumes from what the trial's directory holds: its latest committed and
     recorded checkpoint, with the result history cut back to it; a new trial starts fresh.
@@ -66,6 +70,7 @@ def execute(job: TrialJob, logger: Logger, stop: threading.Event | None = None) 
             logger=logger,
             resume=store.resume_point(spec.trial_name),
             stop=stop,
+            stop_condition=job.stop_condition,
         )
         restored = session.restored
         logger.info(
@@ -75,10 +80,16 @@ def execute(job: TrialJob, logger: Logger, stop: threading.Event | None = None) 
         )
         store.write_params(spec.trial_name, spec.config)
         token = _SESSION.set(session)
+        config = copy.deepcopy(dict(spec.config))
         try:
-            returned = job.trainable(copy.deepcopy(dict(spec.config)))
-            if isinstance(returned, Mapping):
-                session.report(returned, None)
+            if is_class_trainable(job.trainable):
+                drive(job.trainable, config, session, job.checkpoint_config)  # type: ignore[arg-type]
+            else:
+                returned = job.trainable(config)
+                if isinstance(returned, Mapping):
+                    session.report(returned, None)
+        except TrialDone:
+            pass  # the stop condition ended the trial
         finally:
             _SESSION.reset(token)
         session.close()

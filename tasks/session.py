@@ -29,9 +29,11 @@ from prefect_tune.storage import (
     TrialStatus,
     TrialStopped,
 )
+from prefect_tune.storage.config import StopCondition
 from prefect_tune.storage.records import (
     AUTO_KEYS,
     checkpoint_dir_name,
+    flatten,
     rank_key,
     score_of,
     to_json_value,
@@ -51,6 +53,11 @@ class TrialContext:
     attempt: int
 
 
+class TrialDone(BaseException):
+    """Raised by `report()` once the stop condition holds: it ends the trainable as
+    finished. A BaseException, so that a trainable's `except Exception` lets it through."""
+
+
 class TrialSession:
     """The bookkeeping of one trial attempt: result rows, checkpoints, retention."""
 
@@ -66,6 +73,7 @@ class TrialSession:
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         resume: ResumePoint | None = None,
         stop: threading.Event | None = None,
+        stop_condition: StopCondition = None,
     ) -> None:
         self.store = store
         self.spec = spec
@@ -74,6 +82,7 @@ class TrialSession:
         self.score_order = score_order
         self.logger = logger
         self.stop = stop
+        self.stop_condition = stop_condition
         self.context = TrialContext(
             trial_id=spec.trial_id,
             trial_name=spec.trial_name,
@@ -105,6 +114,37 @@ class TrialSession:
         self.log = store.open_log(spec.trial_name, rows)
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
+        """`record` the row, then end the trial (TrialDone) if the stop condition holds."""
+        self.record(metrics, checkpoint)
+        if self._stops(self.last_metrics):
+            raise TrialDone
+
+    def stop_reached(self, metrics: Mapping[str, Any]) -> bool:
+        """Whether the stop condition holds for `metrics` as the next row."""
+        return self._stops({**metrics, "training_iteration": self.iteration + 1,
+                            "trial_id": self.spec.trial_id})
+
+    def _stops(self, row: Mapping[str, Any]) -> bool:
+        condition = self.stop_condition
+        if condition is None:
+            return False
+        if callable(condition):
+            return bool(condition(self.spec.trial_id, dict(row)))
+        flat = flatten(row)
+        for key, threshold in condition.items():
+            if key not in flat:
+                raise MetricError(
+                    f"stop condition {key!r} is not among the reported metrics "
+                    f"{sorted(flat)}; report it in every result, or change RunConfig(stop=...)"
+                )
+            value = flat[key]
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and value >= threshold:
+                return True
+        return False
+
+    def record(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
+        """Write one result row and its checkpoint (committed, then retention applied)."""
         if self.stop is not None and self.stop.is_set():
             raise TrialStopped(f"trial {self.spec.trial_name} was stopped by the sweep")
         clean = self._clean(metrics)
@@ -232,7 +272,8 @@ def report(metrics: Mapping[str, Any], *, checkpoint: Checkpoint | None = None) 
     """Record one result row of the running trial, with an optional checkpoint.
 
     The checkpoint is committed to storage and old ones deleted per CheckpointConfig
-    before this returns.
+    before this returns. Once the row meets `RunConfig(stop=...)`, it does not return:
+    the trial ends there as TERMINATED.
 
     Raises:
         OutsideTrialError: not inside a trial.

@@ -22,12 +22,15 @@ from prefect_tune.storage import (
     ConfigError,
     ExperimentStore,
     MetricError,
+    StorageMarker,
+    StorageNotShared,
     TrialError,
     TrialOutcome,
     TrialSpec,
     TrialStatus,
     TrialStopped,
 )
+from prefect_tune.storage.config import StopCondition
 from prefect_tune.tasks.child import run_in_child
 from prefect_tune.tasks.execute import TrialJob, execute
 
@@ -40,7 +43,8 @@ class TrialSettings:
 
     `isolation="process"` runs each attempt in a child process (a hard death is a retried
     failure); "thread" runs it in the task's thread, for trials too small to pay for a
-    process start. `stop`, once set, stops the sweep's trials (fail_fast).
+    process start. `stop_condition` ends a trial as finished (RunConfig.stop); `stop`,
+    once set, stops the sweep's trials (fail_fast).
     """
 
     trainable: Callable[[dict[str, Any]], Any]
@@ -50,13 +54,23 @@ class TrialSettings:
     score_order: str
     max_failures: int = 0
     isolation: Isolation = "process"
+    stop_condition: StopCondition = None
+    marker: StorageMarker | None = None
     stop: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the stop event, which cannot leave this process: trials sent to
+        other processes (a Dask worker) get an event of their own, never set."""
+        return {k: v for k, v in self.__dict__.items() if k != "stop"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, stop=threading.Event())
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Deterministic errors (bad metric, checkpoint or config) fail the same way again,
-    and a stopped trial is not to run again in this sweep."""
-    if isinstance(error, TrialStopped):
+    """Deterministic errors (bad metric, checkpoint or config; storage this host cannot
+    see) fail the same way again, and a stopped trial is not to run again in this sweep."""
+    if isinstance(error, (TrialStopped, StorageNotShared)):
         return False
     cause = error.__cause__ if isinstance(error, TrialError) else error
     return not isinstance(cause, (MetricError, CheckpointError, ConfigError))
@@ -96,6 +110,8 @@ def run_trial(
     store = settings.store
     run_count = max(int(task_run.run_count), 1)
     attempt = prior_attempts + run_count
+    if settings.marker is not None:
+        store.check_marker(settings.marker, spec.trial_name)
     stored = store.read_trial_state(spec)
     if stored is not None and stored.status is TrialStatus.TERMINATED and not restart:
         return stored
@@ -110,7 +126,7 @@ def run_trial(
         store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt))
     job = TrialJob(
         settings.trainable, store, spec, settings.checkpoint_config,
-        settings.score_attribute, settings.score_order, attempt,
+        settings.score_attribute, settings.score_order, attempt, settings.stop_condition,
     )
     try:
         if settings.isolation == "process" and not store.storage.is_in_memory:
