@@ -1,0 +1,185 @@
+"""Sweeps whose trials run on a Dask cluster of real worker processes: they really spread
+over the workers, a worker killed mid-trial costs only a retry from the checkpoint, and a
+worker that cannot see the experiment's storage fails its trial at once, naming its host.
+
+The "other host" is a Dask worker in its own mount and UTS namespaces (`unshare`), where
+the storage path is bind-mounted to a different directory: the same path, another disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("prefect_dask", reason="prefect-dask is not installed")
+
+from distributed import Client, LocalCluster
+from prefect_dask import DaskTaskRunner
+
+from prefect_tune.flows import TuneConfig, Tuner, grid_search
+from prefect_tune.storage import Checkpoint, FailureConfig, RunConfig, TrialStatus
+from prefect_tune.tasks import get_checkpoint, get_context, report
+
+from ..conftest import CallLog, make_backend
+
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
+
+#: Workers import the trainables of this module by name, as they would a user's package.
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture(scope="module")
+def cluster(prefect_server: str) -> Iterator[LocalCluster]:
+    """Two worker processes, one thread each; they inherit PREFECT_API_URL."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(ROOT)  # spawned workers start with this process's sys.path
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          dashboard_address=":0", host="127.0.0.1") as local:
+            yield local
+
+
+def worker_pids(cluster: LocalCluster) -> set[int]:
+    with Client(cluster.scheduler_address) as client:
+        return set(client.run(os.getpid).values())
+
+
+def meet(config: dict[str, Any]) -> None:
+    """Report the Dask worker process this trial runs under, after waiting (at most 60 s)
+    until trials have arrived from two different workers."""
+    worker = os.getppid() if config["isolation"] == "process" else os.getpid()
+    arrivals = Path(config["arrivals"])
+    (arrivals / str(worker)).touch()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(arrivals)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report({"worker": worker}, checkpoint=Checkpoint.from_dict({"worker": worker}))
+
+
+@pytest.mark.parametrize("storage", ["s3", "local"])
+def test_trials_run_in_both_worker_processes(
+    cluster: LocalCluster, storage: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    backend = make_backend(storage, request, tmp_path)
+    arrivals = tmp_path / "arrivals"
+    arrivals.mkdir()
+    grid = Tuner(
+        meet,
+        param_space={"i": grid_search([0, 1, 2, 3]), "arrivals": str(arrivals),
+                     "isolation": "process"},
+        tune_config=TuneConfig(task_runner=DaskTaskRunner(address=cluster.scheduler_address),
+                               max_concurrent_trials=2),
+        run_config=RunConfig(name="exp", storage_path=backend.url,
+                             storage_options=backend.options or None),
+    ).fit()
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 4
+    assert {r.metrics["worker"] for r in grid} == worker_pids(cluster)
+    assert [r.checkpoint.to_dict()["worker"] for r in grid] == [
+        r.metrics["worker"] for r in grid
+    ]
+
+
+def steps(config: dict[str, Any]) -> None:
+    """Steps 1..4 with a checkpoint each; the first time it reaches step 3 it kills the
+    process it runs in (the Dask worker: trials run in its thread)."""
+    log = CallLog(config["log"])
+    checkpoint = get_checkpoint()
+    start = checkpoint.to_dict()["step"] + 1 if checkpoint else 1
+    log.record("start", start, os.getpid(), get_context().attempt)
+    for step in range(start, 5):
+        if step == 3 and ["killed"] not in log.calls():
+            log.record("killed")
+            os._exit(1)
+        report({"step": step}, checkpoint=Checkpoint.from_dict({"step": step}))
+
+
+def test_a_killed_worker_costs_a_retry_from_the_checkpoint(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    log = CallLog(str(tmp_path / "calls.log"))
+    grid = Tuner(
+        steps,
+        param_space={"log": log.path},
+        tune_config=TuneConfig(task_runner=DaskTaskRunner(address=cluster.scheduler_address),
+                               isolation="thread"),
+        run_config=RunConfig(name="exp", storage_path=str(tmp_path / "shared"),
+                             failure_config=FailureConfig(max_failures=2)),
+    ).fit()
+    calls = log.calls()
+    assert [c[:2] for c in calls] == [["start", 1], ["killed"], ["start", 3]]
+    assert calls[0][2] != calls[2][2]  # the second start ran in another worker process
+    assert grid[0].status is TrialStatus.TERMINATED
+    assert grid[0].metrics_dataframe["step"].tolist() == [1, 2, 3, 4]
+    assert grid[0].checkpoint.to_dict() == {"step": 4}
+
+
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--uts", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def other_host(prefect_server: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A scheduler, and one worker on "other-host" that sees a different directory at
+    tmp_path/storage. Yields the scheduler address and that storage path."""
+    if not _can_unshare():
+        pytest.skip("needs unshare with mount and UTS namespaces (root on Linux)")
+    shared, elsewhere = tmp_path / "storage", tmp_path / "other-disk"
+    shared.mkdir()
+    elsewhere.mkdir()
+    with LocalCluster(n_workers=0, dashboard_address=":0", host="127.0.0.1") as scheduler:
+        script = 'hostname other-host && mount --bind "$1" "$2" && shift 2 && exec "$@"'
+        worker = subprocess.Popen(
+            ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script,
+             "sh", str(elsewhere), str(shared), sys.executable, "-m", "distributed.cli.dask_worker",
+             scheduler.scheduler_address, "--nthreads", "1", "--no-dashboard",
+             "--host", "127.0.0.1"],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": ROOT},
+        )
+        try:
+            with Client(scheduler.scheduler_address) as client:
+                client.wait_for_workers(1, timeout=60)
+            yield scheduler.scheduler_address, shared
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(30)
+
+
+def never(config: dict[str, Any]) -> None:
+    CallLog(config["log"]).record("ran")
+
+
+def test_a_worker_that_cannot_see_local_storage_fails_at_once_naming_its_host(
+    other_host: tuple[str, Path], tmp_path: Path
+) -> None:
+    address, storage = other_host
+    log = CallLog(str(tmp_path / "calls.log"))
+    grid = Tuner(
+        never,
+        param_space={"log": log.path},
+        tune_config=TuneConfig(task_runner=DaskTaskRunner(address=address)),
+        run_config=RunConfig(name="exp", storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=3)),
+    ).fit()
+    result = grid[0]
+    assert result.status is TrialStatus.ERROR
+    message = result.outcome.error or ""
+    assert message.startswith(
+        f"StorageNotShared: trial {result.outcome.trial_name} on host 'other-host' cannot see "
+        f"the experiment's storage {storage / 'exp'}: the sweep on host "
+    )
+    assert "(NFS)" in message and "s3://" in message
+    assert log.calls() == []  # the trainable never ran, and it was not retried
+    assert Tuner.restore(str(storage / "exp"), never).get_results()[0].status \
+        is TrialStatus.ERROR
