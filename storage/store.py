@@ -45,6 +45,7 @@ from prefect_tune.storage.records import (
     flatten,
 )
 from prefect_tune.storage.state import ExperimentRecord, outcome_from_json, outcome_to_json
+from prefect_tune.storage.tensorboard import open_event_log
 
 #: On object stores, rows between checkpoints are uploaded at most this often.
 REMOTE_FLUSH_SECONDS = 10.0
@@ -75,10 +76,13 @@ class ResumePoint:
 class ExperimentStore:
     """Reads and writes one experiment directory `<storage>/<name>`."""
 
-    def __init__(self, storage: Storage, name: str) -> None:
+    def __init__(self, storage: Storage, name: str, *, tensorboard: bool = True) -> None:
+        """`tensorboard`: trials also write TensorBoard event files, when tensorboardX is
+        installed."""
         self.storage = storage
         self.name = name
         self.layout = ExperimentLayout(storage.join(name))
+        self.tensorboard = tensorboard
 
     def __repr__(self) -> str:
         return f"ExperimentStore({self.path!r})"
@@ -209,6 +213,7 @@ class ExperimentStore:
             self.layout.trial_file(trial_name, RESULT_LOG),
             self.layout.trial_file(trial_name, PROGRESS),
             rows,
+            tensorboard=self.tensorboard,
         )
 
     def resume_point(self, trial_name: str, *, clean: bool = True) -> ResumePoint:
@@ -314,16 +319,18 @@ def parse_rows(text: str, where: str) -> list[dict[str, Any]]:
 
 
 class ResultLog:
-    """A trial's result.json (JSON lines) and progress.csv.
+    """A trial's result.json (JSON lines), progress.csv and TensorBoard events.
 
     Locally every row is appended and flushed as it is reported. On object stores,
     where nothing can be appended, both files are rewritten whole: at every checkpoint
-    (`durable=True`), at most every REMOTE_FLUSH_SECONDS otherwise, and on close.
+    (`durable=True`), at most every REMOTE_FLUSH_SECONDS otherwise, and on close. Event
+    files (when `tensorboard` and tensorboardX is installed) are flushed as often, and
+    a resumed attempt's events hide those of the rows it discarded.
     """
 
     def __init__(
         self, storage: Storage, json_path: str, csv_path: str,
-        rows: Iterable[Mapping[str, Any]] = (),
+        rows: Iterable[Mapping[str, Any]] = (), *, tensorboard: bool = False,
     ) -> None:
         self._storage = storage
         self._json_path = json_path
@@ -332,6 +339,10 @@ class ResultLog:
         self._columns: dict[str, None] = {}
         for row in rows:
             self._remember(row)
+        self._events = open_event_log(
+            storage, json_path.rsplit("/", 1)[0],
+            purge_step=int(self._rows[-1]["training_iteration"]) + 1 if self._rows else None,
+        ) if tensorboard else None
         self._json: IO[str] | None = None
         self._csv: IO[str] | None = None
         self._dirty = True  # the stored files must be made to hold exactly `rows`
@@ -358,11 +369,17 @@ class ResultLog:
     def append(self, row: Mapping[str, Any], *, durable: bool) -> None:
         line = json.dumps(row)
         cells = self._remember(row)
+        if self._events is not None:
+            self._events.append(row)
+        due = durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS
         if not self._storage.is_local:
             self._dirty = True
-            if durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS:
+            if due:
                 self.flush()
             return
+        if due and self._events is not None:
+            self._events.flush()
+            self._last_flush = time.monotonic()
         assert self._json is not None and self._csv is not None
         self._json.write(line + "\n")
         self._json.flush()
@@ -379,11 +396,15 @@ class ResultLog:
             return
         self._storage.write_bytes(self._json_path, self._json_text().encode())
         self._storage.write_bytes(self._csv_path, self._csv_text().encode())
+        if self._events is not None:
+            self._events.flush()
         self._dirty = False
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
         self.flush()
+        if self._events is not None:
+            self._events.close()
         for handle in (self._json, self._csv):
             if handle is not None:
                 handle.close()
