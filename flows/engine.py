@@ -84,9 +84,8 @@ def resolve_run_storage(run_config: RunConfig) -> Storage:
     """The storage a RunConfig names: its block, its path, or the default path."""
     if run_config.storage_block is not None:
         return storage_from_block(run_config.storage_block)
-    return resolve_storage(
-        run_config.storage_path or DEFAULT_STORAGE_PATH, run_config.storage_options
-    )
+    return resolve_storage(run_config.target or DEFAULT_STORAGE_PATH,
+                           run_config.storage_options)
 
 
 def checkpoint_ranking(tune: TuneConfig, checkpoints: CheckpointConfig) -> tuple[str | None, str]:
@@ -165,7 +164,9 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
     """Probe storage, run the selected trials as tasks, then write results and artifacts."""
     logger = get_run_logger()
     _tag_flow_run(plan.name)
-    store = ExperimentStore(resolve_run_storage(plan.run_config), plan.name)
+    run = plan.run_config
+    store = ExperimentStore(resolve_run_storage(run), plan.name, tensorboard=run.tensorboard,
+                            sync_config=run.sync_config, local_dir=run.local_dir)
     store.probe()
     record, resume = _open(plan, store)
     marker = store.mark()

@@ -23,6 +23,7 @@ from prefect_tune.storage.errors import (
 from prefect_tune.storage.filesystem import Storage, resolve_storage
 from prefect_tune.storage.records import CheckpointRecord, TrialOutcome, TrialSpec, TrialStatus
 from prefect_tune.storage.store import ExperimentStore, ResumePoint, StorageMarker
+from prefect_tune.storage.sync import SyncConfig, SyncError
 
 if TYPE_CHECKING:
     from prefect_tune.storage.block import TuneStorage, storage_from_block
@@ -44,6 +45,8 @@ __all__ = [
     "StorageMarker",
     "StorageNotShared",
     "SweepError",
+    "SyncConfig",
+    "SyncError",
     "TrialCrashed",
     "TrialError",
     "TrialOutcome",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefect_tune.storage.errors import ConfigError
+from prefect_tune.storage.sync import SyncConfig
 
 DEFAULT_STORAGE_PATH = "~/prefect_tune_results"
 
@@ -111,6 +112,10 @@ class RunConfig:
         tensorboard: Trials also write TensorBoard event files of their metrics when
             tensorboardX is installed. Importing it costs each trial process about 0.4 s;
             turn this off for many short trials.
+        sync_config: How trial files reach storage: directly (default), or staged in
+            `local_dir` and copied by a syncer command or function.
+        local_dir: The staging directory of a syncer, on the machine each trial runs on;
+            default: prefect-tune/staging in the user's cache directory.
     """
 
     name: str | None = None
@@ -121,8 +126,11 @@ class RunConfig:
     failure_config: FailureConfig = field(default_factory=FailureConfig)
     stop: StopCondition = None
     tensorboard: bool = True
+    sync_config: SyncConfig = field(default_factory=SyncConfig)
+    local_dir: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_sync()
         _check_stop(self.stop)
         if not isinstance(self.tensorboard, bool):
             raise ConfigError(f"tensorboard={self.tensorboard!r} must be True or False")
@@ -148,6 +156,33 @@ class RunConfig:
             raise ConfigError("checkpoint_config must be a CheckpointConfig")
         if not isinstance(self.failure_config, FailureConfig):
             raise ConfigError("failure_config must be a FailureConfig")
+
+
+    @property
+    def target(self) -> str | None:
+        """Where results go when no block is given: storage_path, or upload_dir."""
+        return self.storage_path or self.sync_config.upload_dir
+
+    def _check_sync(self) -> None:
+        sync = self.sync_config
+        if not isinstance(sync, SyncConfig):
+            raise ConfigError("sync_config must be a SyncConfig")
+        upload = sync.upload_dir
+        if upload is not None and self.storage_block is not None:
+            raise ConfigError(
+                f"both SyncConfig(upload_dir={upload!r}) and storage_block are set: give one"
+            )
+        if upload is not None and self.storage_path not in (None, upload):
+            raise ConfigError(
+                f"SyncConfig(upload_dir={upload!r}) and storage_path={self.storage_path!r} "
+                "differ: upload_dir is the older name of storage_path; give one"
+            )
+        if self.local_dir is not None and not sync.stages:
+            raise ConfigError(
+                f"local_dir={self.local_dir!r} is the staging directory of a syncer, but "
+                "there is none: trials write straight to storage_path. Remove local_dir, "
+                "or set SyncConfig(syncer=...)"
+            )
 
 
 def _check_stop(stop: object) -> None:

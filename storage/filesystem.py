@@ -91,7 +91,7 @@ class Storage:
         manifest is PUT last. Either way `final` counts as committed only once it holds
         the manifest; a crash before that leaves nothing a reader takes for a checkpoint.
         """
-        files = _local_files(source)
+        files = local_files(source)
         manifest = json.dumps({"format": 1, "files": files}, sort_keys=True).encode()
         try:
             if self.is_local:
@@ -219,7 +219,7 @@ def resolve_storage(url: str, options: Mapping[str, Any] | None = None) -> Stora
     return Storage(url=display, fs=fs, root=root.rstrip("/") or root)
 
 
-def _local_files(source: str) -> dict[str, int]:
+def local_files(source: str) -> dict[str, int]:
     """Relative path -> size of every file under `source`."""
     if not os.path.isdir(source):
         raise StorageError(f"checkpoint directory {source!r} does not exist")

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -88,6 +89,11 @@ def trial_name(trainable: str, trial_id: str) -> str:
 def token() -> str:
     """A random suffix for staging and probe names."""
     return uuid.uuid4().hex[:12]
+
+
+def staging_trial_dir(local_dir: str, experiment: str, trial_name: str) -> str:
+    """Where a syncer's trial writes locally: `<local_dir>/<experiment>/<trial>`."""
+    return os.path.join(os.path.abspath(os.path.expanduser(local_dir)), experiment, trial_name)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from prefect_tune.storage.checkpoint import Checkpoint
 from prefect_tune.storage.errors import StorageError, StorageNotShared
-from prefect_tune.storage.filesystem import Storage
+from prefect_tune.storage.filesystem import Storage, resolve_storage
 from prefect_tune.storage.layout import (
     ERROR_FILE,
     EXPERIMENT_STATE,
@@ -34,6 +34,7 @@ from prefect_tune.storage.layout import (
     TRIAL_STATE,
     ExperimentLayout,
     checkpoint_index,
+    staging_trial_dir,
     token,
     used_index,
 )
@@ -45,6 +46,7 @@ from prefect_tune.storage.records import (
     flatten,
 )
 from prefect_tune.storage.state import ExperimentRecord, outcome_from_json, outcome_to_json
+from prefect_tune.storage.sync import Logger, StagedTrial, SyncConfig, default_local_dir
 from prefect_tune.storage.tensorboard import open_event_log
 
 #: On object stores, rows between checkpoints are uploaded at most this often.
@@ -76,13 +78,18 @@ class ResumePoint:
 class ExperimentStore:
     """Reads and writes one experiment directory `<storage>/<name>`."""
 
-    def __init__(self, storage: Storage, name: str, *, tensorboard: bool = True) -> None:
+    def __init__(
+        self, storage: Storage, name: str, *, tensorboard: bool = True,
+        sync_config: SyncConfig | None = None, local_dir: str | None = None,
+    ) -> None:
         """`tensorboard`: trials also write TensorBoard event files, when tensorboardX is
-        installed."""
+        installed. A `sync_config` with a syncer stages trial files under `local_dir`."""
         self.storage = storage
         self.name = name
         self.layout = ExperimentLayout(storage.join(name))
         self.tensorboard = tensorboard
+        self.sync_config = sync_config
+        self.local_dir = local_dir
 
     def __repr__(self) -> str:
         return f"ExperimentStore({self.path!r})"
@@ -206,8 +213,16 @@ class ExperimentStore:
         entry = f"Failure # {count} (occurred at {stamp})\n{text.rstrip()}\n\n"
         self.storage.write_bytes(path, (previous + entry).encode())
 
-    def open_log(self, trial_name: str, rows: Iterable[Mapping[str, Any]] = ()) -> ResultLog:
-        """The trial's result log, rewritten to hold exactly `rows`."""
+    def open_log(
+        self, trial_name: str, rows: Iterable[Mapping[str, Any]] = (),
+        staged: StagedTrial | None = None,
+    ) -> ResultLog:
+        """The trial's result log, rewritten to hold exactly `rows`; in the staging
+        directory of `staged`, if given."""
+        if staged is not None:
+            local = resolve_storage(staged.source)
+            return ResultLog(local, f"{local.root}/{RESULT_LOG}", f"{local.root}/{PROGRESS}",
+                             rows, tensorboard=self.tensorboard)
         return ResultLog(
             self.storage,
             self.layout.trial_file(trial_name, RESULT_LOG),
@@ -215,6 +230,15 @@ class ExperimentStore:
             rows,
             tensorboard=self.tensorboard,
         )
+
+    def staged_trial(self, trial_name: str, logger: Logger) -> StagedTrial | None:
+        """A fresh staging directory for one attempt of the trial, if a syncer is set."""
+        if self.sync_config is None or not self.sync_config.stages:
+            return None
+        source = staging_trial_dir(self.local_dir or default_local_dir(), self.name,
+                                   trial_name)
+        return StagedTrial(self.sync_config, self.storage, source,
+                           self.layout.trial_dir(trial_name), logger)
 
     def resume_point(self, trial_name: str, *, clean: bool = True) -> ResumePoint:
         """Read where the trial resumes, and remove what nothing refers to.

@@ -111,7 +111,10 @@ class TrialSession:
             if rows:
                 self.iteration = int(rows[-1]["training_iteration"])
                 self.last_metrics = dict(rows[-1])
-        self.log = store.open_log(spec.trial_name, rows)
+        self.staged = store.staged_trial(spec.trial_name, logger)
+        self.log = store.open_log(spec.trial_name, rows, self.staged)
+        if self.staged is not None:
+            self.staged.start()
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
         """`record` the row, then end the trial (TrialDone) if the stop condition holds."""
@@ -147,6 +150,8 @@ class TrialSession:
         """Write one result row and its checkpoint (committed, then retention applied)."""
         if self.stop is not None and self.stop.is_set():
             raise TrialStopped(f"trial {self.spec.trial_name} was stopped by the sweep")
+        if self.staged is not None:
+            self.staged.check()  # a periodic sync that failed ends the trial here
         clean = self._clean(metrics)
         persist = checkpoint is not None and self.config.num_to_keep != 0
         if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
@@ -168,9 +173,12 @@ class TrialSession:
             assert checkpoint is not None
             index = self.next_index
             self.next_index += 1
-            with checkpoint.as_directory() as local:
-                self.store.commit_checkpoint(self.spec.trial_name, index, local)
             dir_name = checkpoint_dir_name(index)
+            with checkpoint.as_directory() as local:
+                if self.staged is not None:  # committed by the sync below
+                    self.staged.stage_checkpoint(dir_name, local)
+                else:
+                    self.store.commit_checkpoint(self.spec.trial_name, index, local)
         self.iteration += 1
         row = {
             **clean,
@@ -180,6 +188,8 @@ class TrialSession:
             "checkpoint_dir_name": dir_name,
         }
         self.log.append(row, durable=persist)
+        if persist and self.staged is not None:
+            self.staged.sync()
         self.last_metrics = row
         self._track_best(clean)
         if persist:
@@ -235,8 +245,11 @@ class TrialSession:
             self._unreclaimed.discard(index)
 
     def close(self) -> None:
-        """Flush the result log and retry any failed deletes."""
+        """Flush the result log, sync the staging directory a last time (and remove it),
+        and retry any failed deletes."""
         self.log.close()
+        if self.staged is not None:
+            self.staged.close()
         self._reclaim()
 
     def outcome(self, status: TrialStatus, error: str | None = None) -> TrialOutcome:
