@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,11 @@ def test_keep_two_best_on_every_backend(backend: Backend) -> None:
 def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> None:
     """
     <storage>/tree/
-        experiment.json  results.csv  results.json
+        experiment.json  results.csv  results.json  .storage-marker.json
         .prefect-results/        tree-<trial id> (the finished trial's cached outcome), and
                                  one record of the failed trial's exception
         trainer_<5 hex>_00000/   trial.json params.json result.json progress.csv
+                                 events.out.tfevents.<time>.<host>.<ns> (TensorBoard)
                                  checkpoint_000000/ (.checkpoint.json, checkpoint.json)
                                  checkpoint_000002/ (...)
         trainer_<5 hex>_00001/   same, plus error.txt (it fails after two reports)
@@ -98,17 +100,17 @@ def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> Non
     assert ok.startswith("trainer_") and ok.endswith("_00000") and len(ok) == len("trainer_") + 11
     checkpoint_files = [".checkpoint.json", "checkpoint.json"]
     ok_id = ok.removeprefix("trainer_")
-    expected = ["experiment.json", "results.csv", "results.json", ".prefect-results/",
-                f".prefect-results/tree-{ok_id}"]
+    expected = ["experiment.json", "results.csv", "results.json", ".storage-marker.json",
+                ".prefect-results/", f".prefect-results/tree-{ok_id}"]
     # best (score 0) plus the protected latest
     for trial, kept, extra in ((ok, (0, 2), []), (failed, (0, 1), ["error.txt"])):
         expected += [f"{trial}/", f"{trial}/params.json", f"{trial}/progress.csv",
-                     f"{trial}/result.json", f"{trial}/trial.json",
+                     f"{trial}/result.json", f"{trial}/trial.json", f"{trial}/events",
                      *[f"{trial}/{e}" for e in extra]]
         for index in kept:
             directory = f"{trial}/checkpoint_{index:06d}"
             expected += [f"{directory}/", *[f"{directory}/{f}" for f in checkpoint_files]]
-    found = tree(root)
+    found = [re.sub(r"/events\.out\.tfevents\.\d+\.[^/]+$", "/events", p) for p in tree(root)]
     failure_records = [p for p in found if p.startswith(".prefect-results/")
                        and p not in expected]
     assert len(failure_records) == 1
