@@ -110,8 +110,7 @@ class RunConfig:
             once any of these metrics reaches its value (every result must report
             them), or a function `stop(trial_id, result) -> bool`.
         tensorboard: Trials also write TensorBoard event files of their metrics when
-            tensorboardX is installed. Importing it costs each trial process about 0.4 s;
-            turn this off for many short trials.
+            tensorboardX (or tensorboard) is installed; about 17 us per report.
         sync_config: How trial files reach storage: directly (default), or staged in
             `local_dir` and copied by a syncer command or function.
         local_dir: The staging directory of a syncer, on the machine each trial runs on;

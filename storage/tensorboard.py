@@ -1,92 +1,45 @@
 """TensorBoard event files of a trial's result rows, written beside result.json.
 
-tensorboardX (or torch.utils.tensorboard, if torch is already imported) is imported only
-when a log is opened. tensorboardX events are written synchronously by its EventsWriter:
-its SummaryWriter queues events to a thread and its flush() does not wait for that queue.
+Written when TensorBoard's tooling is installed (tensorboardX, or the tensorboard package
+torch's SummaryWriter uses), but without importing it: importing tensorboardX imports
+torch too where it is installed, which would cost every trial process seconds. The file
+format is small and stable: TFRecord framing (length, masked CRC32C, data, masked CRC32C)
+around `Event` protocol buffers, encoded here for the four fields a scalar needs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
-import sys
+import socket
+import struct
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 from prefect_tune.storage.filesystem import Storage
 from prefect_tune.storage.records import AUTO_KEYS, flatten
 
 
-class _Writer(NamedTuple):
-    write: Callable[[int, dict[str, float]], None]  # (step, {tag: value})
-    flush: Callable[[], None]
-    close: Callable[[], None]
-
-
-def _tensorboardx(logdir: str, purge_step: int) -> _Writer:
-    """One event file, written in the caller's thread; flush() also fsyncs it."""
-    from tensorboardX.event_file_writer import EventsWriter
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
-    from tensorboardX.proto.summary_pb2 import Summary
-
-    # File names have a resolution of one second: the suffix keeps a second attempt within
-    # that second from truncating the first one's file, and sorts it after that file.
-    events = EventsWriter(os.path.join(logdir, "events"), f".{time.time_ns()}")
-    # The two records SummaryWriter(purge_step=...) writes.
-    now, start = time.time(), SessionLog(status=SessionLog.START)
-    events.write_event(Event(wall_time=now, step=purge_step, file_version="brain.Event:2"))
-    events.write_event(Event(wall_time=now, step=purge_step, session_log=start))
-
-    def write(step: int, scalars: dict[str, float]) -> None:
-        values = [Summary.Value(tag=tag, simple_value=v) for tag, v in scalars.items()]
-        events.write_event(Event(wall_time=time.time(), step=step, summary=Summary(value=values)))
-
-    return _Writer(write, events.flush, events.close)
-
-
-def _torch(logdir: str, purge_step: int) -> _Writer:
-    """torch.utils.tensorboard's SummaryWriter, whose flush() does wait for its queue."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(logdir, purge_step=purge_step)
-
-    def write(step: int, scalars: dict[str, float]) -> None:
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, step)
-
-    return _Writer(write, writer.flush, writer.close)
-
-
 def open_event_log(
     storage: Storage, trial_dir: str, *, purge_step: int | None = None
 ) -> EventLog | None:
-    """A TensorBoard event writer for the trial directory `trial_dir` (an fsspec path in
-    `storage`), or None, silently, when neither tensorboardX nor an already imported torch
-    provides one. `purge_step` (the first iteration of a resumed attempt) hides the events an
-    earlier attempt wrote at or after that step (SummaryWriter's purge_step); None, a start
-    from scratch, hides all of them.
+    """An event file for the trial directory `trial_dir` (an fsspec path in `storage`), or
+    None, silently, when neither tensorboardX nor tensorboard is installed.
 
-    Every attempt writes that purge record (at step 0 for None): TensorBoard's Python loader
-    takes the first one of a run for the initial start and purges only on later ones."""
-    purge_step = 0 if purge_step is None else purge_step
-    backend = _tensorboardx
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError:
-        try:
-            if "torch" not in sys.modules:
-                return None
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError:
-            return None
-        backend = _torch
+    `purge_step` (the first iteration of a resumed attempt) hides the events an earlier
+    attempt wrote at or after that step; None, a start from scratch, hides all of them.
+    Every file starts with that purge record (at step 0 for None): TensorBoard's Python
+    loader takes the first one of a run for the initial start and purges only on later ones.
+    """
+    if not any(importlib.util.find_spec(name) for name in ("tensorboardX", "tensorboard")):
+        return None
     local = None if storage.is_local else tempfile.mkdtemp(prefix="prefect-tune-tb-")
     try:
-        os.makedirs(local or trial_dir, exist_ok=True)
-        return EventLog(storage, trial_dir, backend(local or trial_dir, purge_step), local)
+        return EventLog(storage, trial_dir, local, 0 if purge_step is None else purge_step)
     except BaseException:
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
@@ -94,57 +47,118 @@ def open_event_log(
 
 
 class EventLog:
-    """The scalars of a trial's result rows, one event file per attempt (`open_event_log`)."""
+    """The scalars of a trial's result rows, one event file per attempt."""
 
-    def __init__(
-        self, storage: Storage, trial_dir: str, writer: _Writer, local: str | None
-    ) -> None:
-        self._storage, self._trial_dir, self._writer = storage, trial_dir, writer
-        self._local = local  # where the writer writes, if not trial_dir: uploaded on flush
-        self._uploaded: dict[str, int] = {}
-        self._closed = False
+    def __init__(self, storage: Storage, trial_dir: str, local: str | None,
+                 purge_step: int) -> None:
+        self._storage, self._trial_dir, self._local = storage, trial_dir, local
+        # The usual name, plus nanoseconds: a second attempt within the same second must
+        # not truncate the first one's file, and sorts after it.
+        self._name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}." \
+            f"{time.time_ns()}"
+        directory = local or trial_dir
+        os.makedirs(directory, exist_ok=True)
+        self._path = os.path.join(directory, self._name)
+        self._file = open(self._path, "wb")  # noqa: SIM115 - closed by close()
+        now, version = time.time(), _string(3, b"brain.Event:2")
+        # What tensorboardX's SummaryWriter(purge_step=...) starts a file with.
+        self._write(_event(now, 0, version))
+        self._write(_event(now, purge_step, version))
+        self._write(_event(now, purge_step, _message(7, b"\x08\x01")))  # SessionLog START
+        self._uploaded = -1
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write every numeric (int/float, not bool; NaN and infinities too) flattened metric
-        of `row` but AUTO_KEYS, tagged "a/b", at step row["training_iteration"]. Values are
-        stored as float32, as TensorBoard scalars are."""
-        scalars = {
-            key: _number(value) for key, value in flatten(row).items()
+        of `row` but AUTO_KEYS, tagged "a/b", at step row["training_iteration"], as float32
+        scalars (what TensorBoard stores)."""
+        values = b"".join(
+            _message(1, _string(1, key.encode()) + b"\x15" + struct.pack("<f", _float32(value)))
+            for key, value in flatten(row).items()
             if key not in AUTO_KEYS and isinstance(value, (int, float))
             and not isinstance(value, bool)
-        }
-        if scalars:
-            self._writer.write(int(row["training_iteration"]), scalars)
+        )
+        if values:
+            self._write(_event(time.time(), int(row["training_iteration"]),
+                               _message(5, values)))
 
     def flush(self) -> None:
-        """Make every row appended so far visible in storage: locally the file in trial_dir
-        is flushed (and fsynced); elsewhere each local event file that grew is PUT whole."""
-        self._writer.flush()
-        self._upload()
+        """Make every row appended so far visible in storage: locally the file in
+        trial_dir is flushed; elsewhere the local file is PUT whole if it grew."""
+        if self._file.closed:
+            return
+        self._file.flush()
+        size = self._file.tell()
+        if self._local is not None and size != self._uploaded:
+            with open(self._path, "rb") as handle:
+                data = handle.read()
+            self._storage.write_bytes(f"{self._trial_dir}/{self._name}", data, durable=False)
+            self._uploaded = size
 
     def close(self) -> None:
-        """Flush, close the writer and remove the local temp directory. Idempotent."""
-        if self._closed:
+        """Flush, close the file and remove the local temp directory. Idempotent."""
+        if self._file.closed:
             return
-        self._closed = True
         try:
-            self._writer.close()
-            self._upload()
+            self.flush()
         finally:
+            self._file.close()
             if self._local is not None:
                 shutil.rmtree(self._local, ignore_errors=True)
 
-    def _upload(self) -> None:
-        for entry in os.scandir(self._local) if self._local is not None else ():
-            if entry.is_file() and self._uploaded.get(entry.name) != entry.stat().st_size:
-                with open(entry.path, "rb") as handle:
-                    data = handle.read()
-                self._storage.write_bytes(f"{self._trial_dir}/{entry.name}", data, durable=False)
-                self._uploaded[entry.name] = len(data)
+    def _write(self, data: bytes) -> None:
+        header = struct.pack("<Q", len(data))
+        self._file.write(header + _masked_crc(header) + data + _masked_crc(data))
 
 
-def _number(value: float) -> float:
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _message(field: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2): a string or a nested message."""
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+_string = _message
+
+
+def _event(wall_time: float, step: int, body: bytes) -> bytes:
+    """Event{wall_time=1 (double), step=2 (int64), body: one further encoded field}."""
+    return b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step) + body
+
+
+def _float32(value: float) -> float:
     try:
-        return float(value)
+        number = float(value)
     except OverflowError:  # an int beyond the float range
         return math.inf if value > 0 else -math.inf
+    return number if math.isnan(number) or abs(number) <= 3.4028234663852886e38 \
+        else math.copysign(math.inf, number)
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_TABLE = _crc32c_table()
+
+
+def _masked_crc(data: bytes) -> bytes:
+    """TFRecord's masked CRC32C of `data`, little-endian."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    crc ^= 0xFFFFFFFF
+    return struct.pack("<I", ((crc >> 15 | crc << 17) + 0xA282EAD8) & 0xFFFFFFFF)
