@@ -3,11 +3,13 @@
 from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.results import Result, ResultGrid
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
+from prefect_tune.flows.trainer import Trainer
 from prefect_tune.flows.tuner import Tuner
 
 __all__ = [
     "Result",
     "ResultGrid",
+    "Trainer",
     "TuneConfig",
     "Tuner",
     "choice",

@@ -7,7 +7,7 @@ needs only the storage, does not pay for importing Prefect.
 from typing import TYPE_CHECKING, Any
 
 from prefect_tune.storage.checkpoint import Checkpoint
-from prefect_tune.storage.config import CheckpointConfig, FailureConfig, RunConfig
+from prefect_tune.storage.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from prefect_tune.storage.errors import (
     CheckpointError,
     ConfigError,
@@ -40,6 +40,7 @@ __all__ = [
     "OutsideTrialError",
     "ResumePoint",
     "RunConfig",
+    "ScalingConfig",
     "Storage",
     "StorageError",
     "StorageMarker",

@@ -61,6 +61,35 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ScalingConfig:
+    """How many worker processes train one `Trainer` run, one per rank.
+
+    Args:
+        num_workers: Ranks (processes) on the trial's machine.
+        use_gpu: Give rank i the GPU i (CUDA_VISIBLE_DEVICES); use the "nccl" backend.
+        resources_per_worker: {"CPU": n} sets each rank's OMP_NUM_THREADS to n.
+    """
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    resources_per_worker: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("num_workers", self.num_workers, 1)
+        if not isinstance(self.use_gpu, bool):
+            raise ConfigError(f"use_gpu={self.use_gpu!r} must be True or False")
+        resources = self.resources_per_worker
+        if resources is not None and (
+            not isinstance(resources, Mapping) or set(resources) - {"CPU", "GPU"}
+            or not all(isinstance(v, (int, float)) and v > 0 for v in resources.values())
+        ):
+            raise ConfigError(
+                f"resources_per_worker={resources!r} is invalid: use {{\"CPU\": n}} (and "
+                '"GPU") with positive numbers'
+            )
+
+
+@dataclass(frozen=True)
 class FailureConfig:
     """How a sweep treats failing trials.
 

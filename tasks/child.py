@@ -41,7 +41,7 @@ STOP_GRACE_SECONDS = 5.0
 #: Exit status of a child whose parent went away.
 ORPHANED = 70
 #: Starts a stderr line that carries a log record: marker, level number, space, message.
-_RECORD = "\x1e"
+LOG_RECORD = "\x1e"
 
 
 def run_in_child(job: TrialJob, logger: Logger, stop: threading.Event) -> TrialOutcome:
@@ -63,12 +63,12 @@ def run_in_child(job: TrialJob, logger: Logger, stop: threading.Event) -> TrialO
         ) as process:
             assert process.stdin and process.stdout and process.stderr
             forwarders = [
-                _forward(process.stdout, logger, logging.INFO),
-                _forward(process.stderr, logger, logging.WARNING),
+                forward_output(process.stdout, logger, logging.INFO),
+                forward_output(process.stderr, logger, logging.WARNING),
             ]
             try:
-                _send(process.stdin, pickle.dumps(sys.path))
-                _send(process.stdin, payload)
+                send_frame(process.stdin, pickle.dumps(sys.path))
+                send_frame(process.stdin, payload)
             except BrokenPipeError:
                 pass  # the child died at start-up; its exit status tells why
             stopped = _wait(process, stop)
@@ -103,25 +103,28 @@ def _dumps_job(job: TrialJob) -> bytes:
         ) from exc
 
 
-def _send(stream: IO[bytes], data: bytes) -> None:
+def send_frame(stream: IO[bytes], data: bytes) -> None:
     stream.write(len(data).to_bytes(8, "big") + data)
     stream.flush()
 
 
-def _receive(stream: BinaryIO) -> bytes:
+def receive_frame(stream: BinaryIO) -> bytes:
     size = int.from_bytes(stream.read(8), "big")
     return stream.read(size)
 
 
-def _forward(stream: IO[bytes], logger: Logger, level: int) -> threading.Thread:
+def forward_output(
+    stream: IO[bytes], logger: Logger, level: int, prefix: str = ""
+) -> threading.Thread:
+    """Log each line of a child's `stream` (its own log records at their level)."""
     def pump() -> None:
         for line in stream:
             text = line.decode(errors="replace").rstrip()
-            if text.startswith(_RECORD):
+            if text.startswith(LOG_RECORD):
                 number, _, text = text[1:].partition(" ")
-                logger.log(int(number), "%s", text)
+                logger.log(int(number), "%s%s", prefix, text)
             elif text:
-                logger.log(level, "%s", text)
+                logger.log(level, "%s%s", prefix, text)
 
     context = contextvars.copy_context()  # the task's run context: its logger, its API
     thread = threading.Thread(target=context.run, args=(pump,), name="trial-output",
@@ -177,7 +180,7 @@ def describe_exit(returncode: int | None) -> str:
     return f"exit status {returncode}"
 
 
-def _exit_when_orphaned(fd: int) -> None:
+def exit_when_orphaned(fd: int) -> None:
     while os.read(fd, 4096):  # raw reads: the buffered stdin's lock stays free at exit
         pass
     os._exit(ORPHANED)
@@ -187,11 +190,11 @@ def main() -> int:
     """The child: run one trial attempt, write the reply, exit 0."""
     reply_path = sys.argv[1]
     stdin = sys.stdin.buffer
-    sys.path[:0] = [p for p in pickle.loads(_receive(stdin)) if p not in sys.path]
-    job: TrialJob = cloudpickle.loads(_receive(stdin))
-    threading.Thread(target=_exit_when_orphaned, args=(stdin.fileno(),), daemon=True).start()
+    sys.path[:0] = [p for p in pickle.loads(receive_frame(stdin)) if p not in sys.path]
+    job: TrialJob = cloudpickle.loads(receive_frame(stdin))
+    threading.Thread(target=exit_when_orphaned, args=(stdin.fileno(),), daemon=True).start()
     logging.basicConfig(
-        level=logging.INFO, format=f"{_RECORD}%(levelno)d %(message)s", stream=sys.stderr
+        level=logging.INFO, format=f"{LOG_RECORD}%(levelno)d %(message)s", stream=sys.stderr
     )
     logger = logging.getLogger("prefect_tune.trial")
     reply: tuple[Any, ...]

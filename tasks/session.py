@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prefect_tune.storage import (
     Checkpoint,
@@ -43,7 +43,8 @@ from prefect_tune.storage.retention import retain
 
 @dataclass(frozen=True)
 class TrialContext:
-    """Who and where the running trial is."""
+    """Who and where the running trial is; in a `Trainer`'s worker, which rank of how many
+    (`world_rank`, `world_size`, and `local_rank` on its machine)."""
 
     trial_id: str
     trial_name: str
@@ -51,6 +52,19 @@ class TrialContext:
     experiment_name: str
     experiment_path: str
     attempt: int
+    world_rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+class Session(Protocol):
+    """What `report`, `get_checkpoint` and `get_context` reach: a trial's own session, or
+    a distributed training worker's link to its trial."""
+
+    restored: Checkpoint | None
+    context: TrialContext
+
+    def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None: ...
 
 
 class TrialDone(BaseException):
@@ -268,10 +282,10 @@ class TrialSession:
         )
 
 
-_SESSION: ContextVar[TrialSession | None] = ContextVar("prefect_tune_trial", default=None)
+_SESSION: ContextVar[Session | None] = ContextVar("prefect_tune_trial", default=None)
 
 
-def _session(caller: str) -> TrialSession:
+def _session(caller: str) -> Session:
     session = _SESSION.get()
     if session is None:
         raise OutsideTrialError(
