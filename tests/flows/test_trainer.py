@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from prefect_tune.storage import (
 )
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
-from ..conftest import CallLog
+from ..conftest import CallLog, wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 TWO = ScalingConfig(num_workers=2)
@@ -242,3 +244,35 @@ def test_ddp_survives_a_killed_rank_with_the_same_final_weights(tmp_path: Path) 
     expected, found = final_weights(clean), final_weights(killed)
     for name in expected:
         assert torch.allclose(expected[name], found[name], rtol=0, atol=1e-6)
+
+
+def forever(config: dict[str, Any]) -> None:
+    """Logs its pid, then reports until it is killed."""
+    CallLog(config["log"]).record(os.getpid())
+    while True:
+        report({"alive": 1})
+
+
+def test_no_rank_outlives_a_killed_run(tmp_path: Path) -> None:
+    """The whole driver (flow run and trial process) is killed, as a worker cancelling the
+    run does; the ranks, in sessions of their own, notice and exit."""
+    log = CallLog(str(tmp_path / "calls"))
+    script = (
+        "from prefect_tune.flows import Trainer\n"
+        "from prefect_tune.storage import RunConfig, ScalingConfig\n"
+        "from tests.flows.test_trainer import forever\n"
+        f"Trainer(forever, train_loop_config={{'log': {log.path!r}}},\n"
+        "        scaling_config=ScalingConfig(num_workers=2),\n"
+        f"        run_config=RunConfig(storage_path={str(tmp_path)!r}, tensorboard=False)).fit()\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=root,
+                              start_new_session=True)
+    try:
+        ranks = wait_for(log.calls, lambda calls: len(calls) == 2 or driver.poll() is not None)
+        assert len(ranks) == 2, "the ranks never started"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    gone = wait_for(lambda: [alive(pid) for (pid,) in ranks], lambda states: not any(states))
+    assert gone == [False, False]
