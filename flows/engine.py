@@ -255,13 +255,9 @@ def _run_window(
         yield _outcome(future, running.pop(future), settings.store)
         if not settings.stop.is_set():
             submit_next()
-    for spec, prior, _ in queued:  # the sweep stopped (fail_fast): these never start
-        stored = settings.store.read_trial_state(spec)
-        stopped = replace(stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config,
-                                                 TrialStatus.STOPPED, attempts=prior),
-                          status=TrialStatus.STOPPED)
-        settings.store.write_trial_state(stopped)
-        yield stopped
+    for spec, _, _ in queued:  # the sweep stopped (fail_fast): these never start
+        store = settings.store
+        yield _record(store, spec, store.read_trial_state(spec), TrialStatus.STOPPED)
 
 
 def _select(
@@ -290,13 +286,20 @@ def _select(
         elif resume.unfinished:
             work.append((spec, prior, False))
         else:
-            stopped = replace(
-                stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config, status),
-                status=TrialStatus.STOPPED,
-            )
-            store.write_trial_state(stopped)
-            kept[spec.trial_id] = stopped
+            kept[spec.trial_id] = _record(store, spec, stored, TrialStatus.STOPPED)
     return kept, work
+
+
+def _record(
+    store: ExperimentStore, spec: TrialSpec, stored: TrialOutcome | None,
+    status: TrialStatus, error: str | None = None,
+) -> TrialOutcome:
+    """Record, for a trial that could not, that it ended `status`; what its stored
+    record holds (attempts, metrics, checkpoints) is kept."""
+    base = stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config, status)
+    outcome = replace(base, status=status, error=error or base.error)
+    store.write_trial_state(outcome)
+    return outcome
 
 
 def _outcome(
@@ -313,10 +316,5 @@ def _outcome(
     except Exception as exc:  # noqa: BLE001 - a crashed trial must not end the sweep
         # The task failed before it could record itself (its host cannot see the
         # storage, or its worker died): the sweep records it.
-        outcome = replace(
-            store.read_trial_state(spec) or TrialOutcome(
-                spec.trial_id, spec.trial_name, spec.config, TrialStatus.ERROR),
-            status=TrialStatus.ERROR, error=f"{type(exc).__name__}: {exc}",
-        )
-        store.write_trial_state(outcome)
-        return outcome
+        return _record(store, spec, store.read_trial_state(spec), TrialStatus.ERROR,
+                       f"{type(exc).__name__}: {exc}")

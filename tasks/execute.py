@@ -13,7 +13,7 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -26,7 +26,7 @@ from prefect_tune.storage import (
 )
 from prefect_tune.storage.config import StopCondition
 from prefect_tune.tasks.session import _SESSION, TrialDone, TrialSession
-from prefect_tune.tasks.trainable import drive, is_class_trainable
+from prefect_tune.tasks.trainable import Trainable, drive, is_class_trainable
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -83,7 +83,8 @@ def execute(job: TrialJob, logger: Logger, stop: threading.Event | None = None) 
         config = copy.deepcopy(dict(spec.config))
         try:
             if is_class_trainable(job.trainable):
-                drive(job.trainable, config, session, job.checkpoint_config)  # type: ignore[arg-type]
+                drive(cast(type[Trainable], job.trainable), config, session,
+                      job.checkpoint_config)
             else:
                 returned = job.trainable(config)
                 if isinstance(returned, Mapping):

@@ -117,7 +117,10 @@ def _save(trainable: Trainable, directory: str) -> None:
     returned = trainable.save_checkpoint(directory)
     if isinstance(returned, Mapping):
         write_dict(directory, returned)
-    elif returned is not None and os.path.abspath(os.fspath(returned)) != directory:
+    elif returned is not None and not (
+        isinstance(returned, (str, os.PathLike))
+        and os.path.abspath(os.fspath(returned)) == directory
+    ):
         raise CheckpointError(
             f"{type(trainable).__name__}.save_checkpoint() returned {returned!r}; return a "
             f"dict, None, or the checkpoint_dir it was given ({directory!r})"
