@@ -4,6 +4,8 @@
 one Prefect API, in `--runs` interleaved rounds of four sweeps:
 - none: the same work without any report() (the baseline);
 - report: report() of {loss, acc} every iteration, no checkpoint;
+- report+tensorboard: the same, also writing TensorBoard events (needs tensorboardX or
+  tensorboard installed; every other case runs with RunConfig(tensorboard=False));
 - every-1 / every-10: plus a 64 KiB checkpoint every iteration / every 10th.
 Two views of the cost, both printed:
 - per call: each report() timed in the trial, median and 95th percentile over all calls;
@@ -24,10 +26,13 @@ from typing import Any
 
 from common import Workload, burn, median, out_dir_argument, payload, table, write_outputs
 
-CASES = {"none": -1, "report": 0, "every-1": 1, "every-10": 10}
+#: case -> (checkpoint every k iterations, -1: no report at all; TensorBoard events)
+CASES = {"none": (-1, False), "report": (0, False), "report+tensorboard": (0, True),
+         "every-1": (1, False), "every-10": (10, False)}
 
 
-def sweep(workload: Workload, every: int, root: str) -> tuple[float, list[float]]:
+def sweep(workload: Workload, every: int, root: str,
+          tensorboard: bool = False) -> tuple[float, list[float]]:
     """Run one sweep; returns its wall time and every report() call's duration."""
     from prefect_tune.flows import TuneConfig, Tuner, grid_search
     from prefect_tune.storage import Checkpoint, CheckpointConfig, RunConfig
@@ -60,7 +65,7 @@ def sweep(workload: Workload, every: int, root: str) -> tuple[float, list[float]
         param_space={"trial": grid_search(list(range(workload.trials)))},
         tune_config=TuneConfig(isolation="thread", max_concurrent_trials=workload.concurrency),
         run_config=RunConfig(name="bench", storage_path=os.path.join(root, "storage"),
-                             checkpoint_config=CheckpointConfig(
+                             tensorboard=tensorboard, checkpoint_config=CheckpointConfig(
                                  num_to_keep=2, checkpoint_score_attribute="loss",
                                  checkpoint_score_order="min")),
     )
@@ -91,9 +96,9 @@ def main() -> None:
     calls: dict[str, list[float]] = {case: [] for case in CASES}
     sweep(workload, -1, tempfile.mkdtemp(prefix="bench-warm-"))  # Prefect start-up, not timed
     for round_ in range(args.runs):
-        for case, every in CASES.items():
+        for case, (every, tensorboard) in CASES.items():
             with tempfile.TemporaryDirectory(prefix="bench-report-") as root:
-                wall, spent = sweep(workload, every, root)
+                wall, spent = sweep(workload, every, root, tensorboard)
             walls[case].append(wall)
             calls[case] += spent
             print(f"round {round_ + 1}/{args.runs} {case}: {wall:.2f} s", flush=True)
@@ -102,7 +107,7 @@ def main() -> None:
     base = median(walls["none"])
     rows = []
     figures = {}
-    for case, every in CASES.items():
+    for case, (every, _) in CASES.items():
         if every < 0:
             rows.append([case, median(walls[case]), "", "", ""])
             continue

@@ -224,3 +224,26 @@ def _demo_class() -> type[Trainable]:
     from prefect_tune.flows.demo import LinearModel
 
     return LinearModel
+
+
+class Fragile(Counter):
+    """Counter that raises at iteration 3 while config["gate"] does not exist."""
+
+    def step(self) -> dict[str, Any]:
+        if self.iteration + 1 == 3 and not os.path.exists(self.config["gate"]):
+            raise RuntimeError("fails until the gate opens")
+        return super().step()
+
+
+def test_restore_resumes_an_errored_class_trial_from_its_checkpoint(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    grid = run(tmp_path, Fragile, {"add": 1, "gate": str(gate)},
+               stop={"training_iteration": 5},
+               checkpoint_config=CheckpointConfig(checkpoint_frequency=1))
+    assert grid[0].status is TrialStatus.ERROR
+    gate.touch()
+    grid = Tuner.restore(str(tmp_path / "exp"), Fragile, resume_errored=True).fit()
+    result = grid[0]
+    assert result.status is TrialStatus.TERMINATED and result.outcome.attempts == 2
+    assert result.metrics_dataframe["total"].tolist() == [1, 2, 3, 4, 5]
+    assert result.metrics_dataframe["training_iteration"].tolist() == [1, 2, 3, 4, 5]
