@@ -254,9 +254,8 @@ def _kill(ranks: list[_Rank]) -> None:
             except ProcessLookupError:
                 pass
         rank.process.wait()
-        for stream in (rank.process.stdin, rank.process.stdout, rank.process.stderr):
-            if stream is not None:
-                stream.close()
+        if rank.process.stdin is not None:
+            rank.process.stdin.close()  # its output pipes end with it: their readers see EOF
         os.close(rank.messages)
 
 
