@@ -13,7 +13,14 @@ from typing import Any
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterName,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
 
 from prefect_tune.flows import TuneConfig, Tuner, grid_search
 from prefect_tune.storage import Checkpoint, CheckpointConfig, RunConfig, TrialStatus
@@ -239,16 +246,18 @@ def test_prefect_records_flow_run_task_runs_and_artifacts(tmp_path: Path) -> Non
         assert "Prefect-Side 1" in run.tags
         trial_names = {r.outcome.trial_name for r in grid}
         task_runs = wait_for(
-            lambda: [t for t in client.read_task_runs() if t.flow_run_id == run.id],
+            lambda: client.read_task_runs(task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[run.id]))),
             lambda runs: {t.name for t in runs} == trial_names
             and all(t.state is not None and t.state.is_completed() for t in runs),
         )
         mine = {t.name: t for t in task_runs}
         assert set(mine) == trial_names
         assert all("Prefect-Side 1" in t.tags for t in mine.values())
-        artifacts = {
-            a.key: a for a in client.read_artifacts() if a.flow_run_id == run.id and a.key
-        }
+        # Filtered by the server: an unfiltered read returns only its first page.
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+        artifacts = {a.key: a for a in found if a.key}
     assert set(artifacts) == {
         "prefect-side-1-progress", "prefect-side-1-results", "prefect-side-1-summary",
     }

@@ -14,7 +14,14 @@ from typing import Any
 import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterName,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from prefect_tune.flows import Tuner, grid_search
@@ -128,14 +135,16 @@ def test_secrets_never_reach_files_parameters_logs_or_artifacts(
         assert SECRET.encode() not in fs.cat_file(path), path
     drain_prefect_workers()
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs()
-        mine = [r for r in runs if r.name in ("secret-path", "secret-block")]
+        # Filtered by the server: an unfiltered read returns only its first page.
+        mine = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=["secret-path", "secret-block"])))
         assert len(mine) == 2
         assert SECRET not in json.dumps([r.parameters for r in mine], default=str)
         for run in mine:
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
             assert logs and not [log for log in logs if SECRET in log.message]
-        artifacts = [a for a in client.read_artifacts() if a.flow_run_id in {r.id for r in mine}]
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in mine])))
         assert artifacts and SECRET not in json.dumps([a.data for a in artifacts], default=str)
         document = client.read_block_document_by_name(
             "secret-store", "tune-storage", include_secrets=False
