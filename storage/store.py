@@ -76,7 +76,8 @@ class ExperimentStore:
         sync_config: SyncConfig | None = None, local_dir: str | None = None,
     ) -> None:
         """`tensorboard`: trials also write TensorBoard event files, when tensorboardX or
-        tensorboard is installed. A `sync_config` with a syncer stages trial files under `local_dir`."""
+        tensorboard is installed. A `sync_config` with a syncer stages trial files under
+        `local_dir`."""
         self.storage = storage
         self.name = name
         self.layout = ExperimentLayout(storage.join(name))
