@@ -71,24 +71,28 @@ class ResultLog:
         cells = self._remember(row)
         if self._events is not None:
             self._events.append(row)
-        due = durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS
         if not self._storage.is_local:
             self._dirty = True
-            if due:
+            if self._due(durable):
                 self.flush()
             return
-        if due and self._events is not None:
-            self._events.flush()
-            self._last_flush = time.monotonic()
         assert self._json is not None and self._csv is not None
         self._json.write(line + "\n")
         self._json.flush()
         if cells is None and len(self._rows) > 1:  # a new column: a new header
             self._csv.close()
             self._write_csv_file()
-            return
-        self._csv.write(self._csv_text() if cells is None else _csv_line(cells))
-        self._csv.flush()
+        else:
+            self._csv.write(self._csv_text() if cells is None else _csv_line(cells))
+            self._csv.flush()
+        if self._events is not None and self._due(durable):  # local events: as often
+            self._events.flush()
+            self._last_flush = time.monotonic()
+
+    def _due(self, durable: bool) -> bool:
+        """Whether buffered output is to reach storage now: at a checkpoint, or once
+        REMOTE_FLUSH_SECONDS have passed since the last flush."""
+        return durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS
 
     def flush(self) -> None:
         """Make every row so far durable in storage."""

@@ -213,17 +213,12 @@ class ExperimentStore:
     ) -> ResultLog:
         """The trial's result log, rewritten to hold exactly `rows`; in the staging
         directory of `staged`, if given."""
-        if staged is not None:
-            local = resolve_storage(staged.source)
-            return ResultLog(local, f"{local.root}/{RESULT_LOG}", f"{local.root}/{PROGRESS}",
-                             rows, tensorboard=self.tensorboard)
-        return ResultLog(
-            self.storage,
-            self.layout.trial_file(trial_name, RESULT_LOG),
-            self.layout.trial_file(trial_name, PROGRESS),
-            rows,
-            tensorboard=self.tensorboard,
+        storage, directory = (
+            (resolve_storage(staged.source), staged.source) if staged is not None
+            else (self.storage, self.layout.trial_dir(trial_name))
         )
+        return ResultLog(storage, f"{directory}/{RESULT_LOG}", f"{directory}/{PROGRESS}", rows,
+                         tensorboard=self.tensorboard)
 
     def staged_trial(self, trial_name: str, logger: Logger) -> StagedTrial | None:
         """A fresh staging directory for one attempt of the trial, if a syncer is set."""
