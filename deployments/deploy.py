@@ -33,8 +33,6 @@ SWEEP_PARAMETERS: dict[str, Any] = {
     "mode": "min",
     "max_concurrent_trials": 2,
     "num_to_keep": 2,
-    "checkpoint_score_attribute": "loss",
-    "checkpoint_score_order": "min",
     "max_failures": 2,
 }
 

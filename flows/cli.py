@@ -7,9 +7,6 @@ import os
 import sys
 from typing import Annotated, Any, Literal
 
-# Offline machines: without this, the ephemeral server's telemetry call fails noisily.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
 import cyclopts
 import pandas as pd
 from rich.console import Console
@@ -183,6 +180,9 @@ def export(
 
 def main() -> None:
     """Entry point: errors are one clear line and a non-zero exit code."""
+    # Offline machines: without this, the ephemeral server (a subprocess started by the
+    # first flow run) fails its telemetry call noisily.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         app()
     except SweepError as exc:

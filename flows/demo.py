@@ -83,9 +83,7 @@ def run_demo(storage_path: str | None = None, name: str | None = None) -> Result
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="loss", checkpoint_score_order="min"
-            ),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     return tuner.fit()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from prefect_tune.flows.engine import checkpoint_ranking, stored_configs
+from prefect_tune.flows.plan import stored_configs, stored_ranking
 from prefect_tune.flows.results import Result, ResultGrid
 from prefect_tune.storage import (
     ConfigError,
@@ -26,7 +26,6 @@ from prefect_tune.storage import (
 )
 from prefect_tune.storage.layout import EXPERIMENT_STATE, PARAMS
 from prefect_tune.storage.state import ExperimentRecord
-from prefect_tune.tasks.bookkeeping import results_frame
 
 
 @dataclass(frozen=True)
@@ -44,14 +43,13 @@ class Experiment:
         return Counter(o.status.value for o in self.outcomes)
 
     def grid(self) -> ResultGrid:
-        tune, checkpoints, _ = stored_configs(self.record)
+        tune = stored_configs(self.record)[0]
         return ResultGrid([Result(o, self.store) for o in self.outcomes], self.store.path,
-                          tune.metric, tune.mode, checkpoint_ranking(tune, checkpoints))
+                          tune.metric, tune.mode, stored_ranking(self.record))
 
     def frame(self) -> pd.DataFrame:
         """One row per trial, as results.csv has it."""
-        tune, checkpoints, _ = stored_configs(self.record)
-        return results_frame(self.outcomes, self.store, *checkpoint_ranking(tune, checkpoints))
+        return self.grid().get_dataframe()
 
 
 def experiment_store(path: str, storage_options: Mapping[str, Any] | None = None
@@ -105,7 +103,7 @@ def read_experiment(
     outcomes = tuple(
         stored or TrialOutcome(
             spec.trial_id, spec.trial_name, spec.config,
-            TrialStatus.RUNNING if store.layout.trial_file(spec.trial_name, PARAMS) in files
+            TrialStatus.RUNNING if store.trial(spec.trial_name).file(PARAMS) in files
             else TrialStatus.PENDING,
         )
         for spec, stored in zip(record.trials, store.read_trial_states(record.trials),
@@ -128,8 +126,8 @@ def _files(storage: Storage, root: str) -> dict[str, datetime]:
     cost a request per directory instead."""
     depth = root.rstrip("/").count("/") + 2
     files = {}
-    for found, info in storage.fs.find(root, detail=True).items():
-        path, when = storage.fs._strip_protocol(found), _mtime(info)
+    for path, info in storage.find(root).items():
+        when = _mtime(info)
         if path.count("/") <= depth and when is not None:
             files[path] = when
     return files

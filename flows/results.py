@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,14 +14,19 @@ from prefect_tune.storage import (
     Checkpoint,
     ConfigError,
     ExperimentStore,
+    Ranking,
+    TrialDir,
     TrialError,
     TrialOutcome,
     TrialStatus,
 )
-from prefect_tune.storage.records import flatten
-from prefect_tune.storage.retention import best_of
+from prefect_tune.storage.ranking import best_by
+from prefect_tune.storage.records import AUTO_KEYS, flatten
 
 Scope = Literal["last", "avg", "all", "last-5-avg", "last-10-avg"]
+#: The trial table's first and last columns; config/... and metrics go between.
+LEADING = ("trial_id", "trial_name", "status")
+TRAILING = ("best_score", "num_checkpoints", "best_checkpoint", "error")
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,21 +62,22 @@ class Result:
         return dict(self.outcome.config)
 
     @property
+    def trial(self) -> TrialDir:
+        return self.store.trial(self.outcome.trial_name)
+
+    @property
     def path(self) -> str:
-        return self.store.trial_uri(self.outcome.trial_name)
+        return self.trial.uri
 
     @property
     def checkpoint(self) -> Checkpoint | None:
         latest = self.outcome.latest_checkpoint
-        return self.store.checkpoint(self.outcome.trial_name, latest.index) if latest else None
+        return self.trial.checkpoint(latest.index) if latest else None
 
     @property
     def best_checkpoints(self) -> list[tuple[Checkpoint, dict[str, Any]]]:
-        name = self.outcome.trial_name
-        return [
-            (self.store.checkpoint(name, r.index), dict(r.metrics))
-            for r in self.outcome.best_checkpoints
-        ]
+        return [(self.trial.checkpoint(r.index), dict(r.metrics))
+                for r in self.outcome.best_checkpoints]
 
     @property
     def error(self) -> TrialError | None:
@@ -80,8 +86,7 @@ class Result:
     @cached_property
     def metrics_dataframe(self) -> pd.DataFrame:
         """Every reported row of the trial, read from its result.json."""
-        rows = self.store.read_rows(self.outcome.trial_name)
-        return pd.DataFrame([flatten(row) for row in rows])
+        return pd.DataFrame([flatten(row) for row in self.trial.read_rows()])
 
     def __repr__(self) -> str:
         return (
@@ -95,15 +100,15 @@ class ResultGrid:
 
     def __init__(
         self, results: Sequence[Result], experiment_path: str,
-        metric: str | None = None, mode: str | None = None,
-        ranking: tuple[str | None, str] = (None, "max"),
+        metric: str | None = None, mode: Literal["min", "max"] | None = None,
+        ranking: Ranking | None = None,
     ) -> None:
-        """`ranking`: the checkpoint score attribute and order (None: by recency)."""
+        """`ranking`: what ranks each trial's checkpoints (default: recency)."""
         self._results = list(results)
         self.experiment_path = experiment_path
         self._metric = metric
         self._mode = mode
-        self._ranking = ranking
+        self._ranking = ranking or Ranking()
 
     def __len__(self) -> int:
         return len(self._results)
@@ -149,18 +154,14 @@ class ResultGrid:
             raise ConfigError(
                 f"scope={scope!r} is invalid: use last, avg, all, last-5-avg or last-10-avg"
             )
-        scored = []
-        for result in self._results:
-            value = _scope_value(result, metric, mode, scope)
-            if value is None or (filter_nan_and_inf and not math.isfinite(value)):
-                continue
-            scored.append((value if mode == "max" else -value, result))
-        if not scored:
+        best = best_by(((_scope_value(r, metric, mode, scope), r) for r in self._results),
+                       cast(Literal["min", "max"], mode), finite_only=filter_nan_and_inf)
+        if best is None:
             raise ConfigError(
                 f"no trial reported a usable value of {metric!r}; check the metric name "
                 f"(reported: {sorted({k for r in self._results for k in flatten(r.metrics)})})"
             )
-        return max(scored, key=lambda pair: pair[0])[1]
+        return best
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: the experiment path, trial counts by status and, with a metric and
@@ -169,9 +170,8 @@ class ResultGrid:
         for result in self._results:
             counts[result.status.value] = counts.get(result.status.value, 0) + 1
         out: dict[str, Any] = {"experiment_path": self.experiment_path, "trials": counts}
-        try:
-            best = self.get_best_result()
-        except ConfigError:  # no metric, or no trial reported it
+        best = self.best_or_none()
+        if best is None:
             return out
         checkpoint = self.best_checkpoint(best)
         out["best"] = {
@@ -183,24 +183,46 @@ class ResultGrid:
         }
         return out
 
+    def best_or_none(self) -> Result | None:
+        """The best trial by the sweep's metric and mode; None without them, or when no
+        trial reported a usable value."""
+        try:
+            return self.get_best_result()
+        except ConfigError:
+            return None
+
     def best_checkpoint(self, result: Result) -> Checkpoint | None:
         """`result`'s best kept checkpoint by the sweep's checkpoint ranking."""
-        kept = best_of(result.outcome.checkpoints, *self._ranking, 1)
-        return result.store.checkpoint(result.outcome.trial_name, kept[0].index) if kept \
-            else None
+        best = self._ranking.best_checkpoint(result.outcome.checkpoints)
+        return result.trial.checkpoint(best.index) if best else None
 
     def get_dataframe(self) -> pd.DataFrame:
-        """One row per trial: its last metrics plus config/... columns."""
+        """The trial table, one row per trial, as results.csv, the results artifact and
+        `prefect-tune show` have it: trial_id, trial_name, status, config/..., the last
+        metrics (and training_iteration), best_score, num_checkpoints, best_checkpoint
+        (its URI) and error (the exception line)."""
         rows = []
         for result in self._results:
-            row = {
-                "trial_id": result.trial_id, "trial_name": result.outcome.trial_name,
-                "status": result.status.value,
-            }
-            row.update(flatten(result.metrics))
-            row.update({f"config/{k}": v for k, v in flatten(result.config).items()})
-            rows.append(row)
-        return pd.DataFrame(rows)
+            outcome = result.outcome
+            best = self.best_checkpoint(result)
+            metrics = {k: v for k, v in flatten(outcome.last_metrics).items()
+                       if k not in AUTO_KEYS or k == "training_iteration"}
+            rows.append({
+                "trial_id": outcome.trial_id,
+                "trial_name": outcome.trial_name,
+                "status": outcome.status.value,
+                **{f"config/{k}": _cell(v) for k, v in flatten(outcome.config).items()},
+                **{k: _cell(v) for k, v in metrics.items() if k not in LEADING + TRAILING},
+                "best_score": outcome.best_score,
+                "num_checkpoints": len(outcome.checkpoints),
+                "best_checkpoint": best.path if best else None,
+                "error": outcome.error_summary or None,
+            })
+        if not rows:
+            return pd.DataFrame(columns=[*LEADING, *TRAILING])
+        frame = pd.DataFrame(rows)
+        middle = [c for c in frame.columns if c not in LEADING + TRAILING]
+        return frame[[*LEADING, *middle, *TRAILING]]
 
 
 def _scope_value(result: Result, metric: str, mode: str, scope: str) -> float | None:
@@ -221,3 +243,7 @@ def _scope_value(result: Result, metric: str, mode: str, scope: str) -> float | 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value

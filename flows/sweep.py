@@ -15,12 +15,13 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
-from prefect import flow
+from prefect import State, flow
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
 from prefect_tune.flows.config import TuneConfig
-from prefect_tune.flows.engine import Resume, resolve_run_storage, run_sweep
+from prefect_tune.flows.engine import final_state, run_sweep
+from prefect_tune.flows.plan import Resume, resolve_run_storage
 from prefect_tune.flows.search_space import space_from_json
 from prefect_tune.flows.tuner import Tuner
 from prefect_tune.storage import (
@@ -95,7 +96,7 @@ def sweep(
     stop: dict[str, float] | None = None,
     max_failures: Annotated[int, Field(ge=-1)] = 0,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> State[Any]:
     """Run a sweep of `trainable` over `param_space` (JSON: {"lr": {"loguniform": [1e-4,
     0.1]}, "layers": {"grid_search": [1, 2]}, "epochs": 3}).
 
@@ -109,7 +110,8 @@ def sweep(
 
     Returns:
         The experiment path, trial counts by status, and the best trial with its
-        checkpoint URI (when `metric` and `mode` are set).
+        checkpoint URI (when `metric` and `mode` are set). The run ends Failed when no
+        trial finished, and "Completed with errors" when some errored.
     """
     run_config = RunConfig(
         name=name or experiment_name(trainable),
@@ -132,9 +134,10 @@ def sweep(
                                max_concurrent_trials=max_concurrent_trials, seed=seed),
         run_config=run_config,
     )
-    if resume:
-        store = ExperimentStore(resolve_run_storage(run_config), tuner.plan().name)
-        if store.exists():
-            tuner.continue_stored(store.read_experiment(), Resume())
-    grid = run_sweep(tuner.plan())
-    return grid.summary()
+    storage = resolve_run_storage(run_config)
+    store = ExperimentStore(storage, run_config.name or "")
+    if resume and store.exists():
+        tuner = Tuner.continuing(tuner.trainable, store, store.read_experiment(), Resume(),
+                                 run_config)
+    grid = run_sweep(tuner.plan(storage))
+    return final_state(grid, grid.summary())

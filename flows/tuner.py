@@ -7,25 +7,27 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
-from prefect import Flow, flow
+from prefect import Flow, State, flow
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from prefect_tune.flows.config import TuneConfig
-from prefect_tune.flows.engine import (
-    Resume,
-    SweepPlan,
-    resolve_run_storage,
-    run_sweep,
-    stored_configs,
-)
+from prefect_tune.flows.engine import final_state, run_sweep
 from prefect_tune.flows.experiments import experiment_store, read_experiment, read_record
+from prefect_tune.flows.plan import (
+    Resume,
+    StoredExperiment,
+    SweepPlan,
+    continued_settings,
+    resolve_run_storage,
+)
 from prefect_tune.flows.results import ResultGrid
-from prefect_tune.flows.search_space import space_to_json, validate_space
+from prefect_tune.flows.search_space import space_from_json, space_to_json, validate_space
 from prefect_tune.storage import (
     CheckpointConfig,
     ConfigError,
     ExperimentStore,
     RunConfig,
+    Storage,
     StorageError,
 )
 from prefect_tune.storage.config import StopCondition
@@ -72,77 +74,73 @@ class Tuner:
         self.trainable = trainable
         self.param_space = param_space
         self.tune_config = tune_config or TuneConfig()
-        self.run_config = run_config or RunConfig()
-        check_trainable(trainable, self.run_config.checkpoint_config)
-        self._resume: Resume | None = None
+        run_config = run_config or RunConfig()
+        if run_config.name is None:
+            run_config = replace(run_config, name=default_experiment_name(
+                trainable_name(trainable), datetime.now()))
+        self.run_config = run_config
+        check_trainable(trainable, run_config.checkpoint_config)
+        self._stored: tuple[Storage, StoredExperiment] | None = None
 
     @property
     def trainable_name(self) -> str:
-        return getattr(self.trainable, "__name__", type(self.trainable).__name__)
+        return trainable_name(self.trainable)
 
     def fit(self) -> ResultGrid:
         """Run the sweep in a new flow run and return every trial's result.
+
+        The flow run ends Failed when no trial finished, and "Completed with errors"
+        when some errored; either way the grid is returned, errors in `grid.errors`.
 
         Raises:
             ConfigError: RunConfig(name=...) names an experiment that already exists
                 (continue it with `Tuner.restore`).
         """
-        if self.run_config.name is None:
-            self.run_config = replace(
-                self.run_config,
-                name=default_experiment_name(self.trainable_name, datetime.now()),
-            )
-        return tune_flow(self.plan())()
+        state = tune_flow(self.plan())(return_state=True)
+        result = state.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            raise result
+        return cast(ResultGrid, result)
 
-    def plan(self) -> SweepPlan:
-        """The sweep `fit()` runs; the deployable `sweep` flow runs it in its own run."""
-        if self.run_config.name is None:
-            raise ConfigError("the sweep has no experiment name: set RunConfig(name=...)")
+    def plan(self, storage: Storage | None = None) -> SweepPlan:
+        """The sweep `fit()` runs, in `storage` (default: the RunConfig's, resolved now);
+        the deployable `sweep` flow runs it in its own run."""
+        stored = None
+        if self._stored is not None:
+            storage, stored = self._stored
         return SweepPlan(
-            name=self.run_config.name,
+            name=cast(str, self.run_config.name),
             trainable=self.trainable,
             trainable_name=self.trainable_name,
             param_space=self.param_space,
             tune_config=self.tune_config,
             run_config=self.run_config,
-            resume=self._resume,
+            storage=storage or resolve_run_storage(self.run_config),
+            stored=stored,
         )
 
-    def continue_stored(self, record: ExperimentRecord, resume: Resume) -> None:
-        """Make `fit()` continue the stored experiment `record` with its own settings
-        (search space, sampling, checkpoints, failures) and the `resume` policy.
-
-        The stop condition is the stored one too; an experiment stopped by a function needs
-        that function again (in this Tuner's RunConfig). The task runner is this Tuner's.
+    @classmethod
+    def continuing(
+        cls, trainable: Callable[[dict[str, Any]], Any], store: ExperimentStore,
+        record: ExperimentRecord, resume: Resume, run_config: RunConfig,
+        task_runner: TaskRunner[Any] | None = None,
+    ) -> Tuner:
+        """A Tuner whose `fit()` continues the stored experiment `record` in `store` with
+        its own settings (search space, sampling, checkpoints, failures, stop thresholds)
+        and the `resume` policy; `run_config` gives a stop function, `task_runner` where
+        trials run.
 
         Raises:
-            ConfigError: the experiment was created with another trainable, or with a stop
-                function this Tuner lacks.
+            ConfigError: the experiment was created with another trainable, or with a
+                stop function `run_config` lacks.
         """
-        if self.trainable_name != record.trainable:
-            raise ConfigError(
-                f"experiment {self.run_config.name!r} was created with trainable "
-                f"{record.trainable!r}, not {self.trainable_name!r}; pass the same trainable"
-            )
-        tune_config, checkpoint_config, failure_config = stored_configs(record)
-        stored_stop = record.run.get("stop") or {}
-        stop = self.run_config.stop
-        if "function" in stored_stop and not callable(stop):
-            raise ConfigError(
-                f"experiment {self.run_config.name!r} was created with the stop function "
-                f"{stored_stop['function']!r}; pass it again: Tuner.restore(path, trainable, "
-                "stop=...)"
-            )
-        if "function" not in stored_stop:
-            stop = stored_stop.get("thresholds")
-        self.param_space = dict(record.param_space)
-        self.tune_config = replace(tune_config, task_runner=self.tune_config.task_runner)
-        self.run_config = replace(
-            self.run_config, checkpoint_config=checkpoint_config, failure_config=failure_config,
-            stop=stop,
+        tune_config, run_config = continued_settings(
+            record, trainable_name(trainable), run_config, task_runner
         )
-        check_trainable(self.trainable, checkpoint_config)
-        self._resume = resume
+        tuner = cls(trainable, param_space=space_from_json(dict(record.param_space)),
+                    tune_config=tune_config, run_config=run_config)
+        tuner._stored = (store.storage, StoredExperiment(record, resume))
+        return tuner
 
     @classmethod
     def restore(
@@ -183,16 +181,13 @@ class Tuner:
                 "the latest checkpoint, or restart from scratch)"
             )
         store = experiment_store(path, storage_options)
-        record = read_record(store, path)
-        tuner = cls(trainable, tune_config=TuneConfig(task_runner=task_runner),
-                    run_config=RunConfig(
-                        name=store.name,
-                        storage_path=store.storage.uri(store.storage.root),
-                        storage_options=storage_options,
-                        stop=stop,
-                    ))
-        tuner.continue_stored(record, Resume(resume_unfinished, resume_errored, restart_errored))
-        return tuner
+        return cls.continuing(
+            trainable, store, read_record(store, path),
+            Resume(resume_unfinished, resume_errored, restart_errored),
+            RunConfig(name=store.name, storage_path=store.storage.uri(store.storage.root),
+                      storage_options=storage_options, stop=stop),
+            task_runner,
+        )
 
     @staticmethod
     def can_restore(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
@@ -209,10 +204,13 @@ class Tuner:
         Raises:
             ConfigError: the experiment does not exist (yet).
         """
-        if self.run_config.name is None:
-            raise ConfigError("get_results() needs an experiment: call fit() or restore() first")
-        store = ExperimentStore(resolve_run_storage(self.run_config), self.run_config.name)
+        store = ExperimentStore(self.plan().storage, cast(str, self.run_config.name))
         return read_experiment(store, scan=False).grid()
+
+
+def trainable_name(trainable: object) -> str:
+    """The name experiments and trials of `trainable` are named after."""
+    return str(getattr(trainable, "__name__", type(trainable).__name__))
 
 
 def check_trainable(trainable: object, checkpoints: CheckpointConfig) -> None:
@@ -233,7 +231,7 @@ def check_trainable(trainable: object, checkpoints: CheckpointConfig) -> None:
             )
 
 
-def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:
+def tune_flow(plan: SweepPlan) -> Flow[[], State[Any]]:
     """The flow `Tuner.fit()` runs: named after the experiment, secrets kept out of its
     parameters (they show only the experiment, trainable and search space)."""
 
@@ -249,7 +247,8 @@ def tune_flow(plan: SweepPlan) -> Flow[[], ResultGrid]:
         trainable: str = plan.trainable_name,
         param_space: dict[str, Any] = space_to_json(plan.param_space),  # noqa: B008
         num_samples: int = plan.tune_config.num_samples,
-    ) -> ResultGrid:
-        return run_sweep(plan)
+    ) -> State[Any]:
+        grid = run_sweep(plan)
+        return final_state(grid, grid)
 
     return sweep

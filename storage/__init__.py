@@ -13,6 +13,7 @@ from prefect_tune.storage.errors import (
     ConfigError,
     MetricError,
     OutsideTrialError,
+    RankFailed,
     StorageError,
     StorageNotShared,
     SweepError,
@@ -21,9 +22,11 @@ from prefect_tune.storage.errors import (
     TrialStopped,
 )
 from prefect_tune.storage.filesystem import Storage, resolve_storage
+from prefect_tune.storage.ranking import Ranking
 from prefect_tune.storage.records import CheckpointRecord, TrialOutcome, TrialSpec, TrialStatus
-from prefect_tune.storage.store import ExperimentStore, ResumePoint, StorageMarker
+from prefect_tune.storage.store import ExperimentStore, StorageMarker
 from prefect_tune.storage.sync import SyncConfig, SyncError
+from prefect_tune.storage.trial_dir import ResumePoint, TrialDir
 
 if TYPE_CHECKING:
     from prefect_tune.storage.block import TuneStorage, storage_from_block
@@ -38,6 +41,8 @@ __all__ = [
     "FailureConfig",
     "MetricError",
     "OutsideTrialError",
+    "RankFailed",
+    "Ranking",
     "ResumePoint",
     "RunConfig",
     "ScalingConfig",
@@ -49,6 +54,7 @@ __all__ = [
     "SyncConfig",
     "SyncError",
     "TrialCrashed",
+    "TrialDir",
     "TrialError",
     "TrialOutcome",
     "TrialSpec",

@@ -45,7 +45,7 @@ class TuneStorage(WritableFileSystem):
         """An unsaved block over `path` of an already resolved storage, for Prefect's
         result persistence; it holds no options of its own, so saving it saves no secret."""
         block = cls(url=storage.uri(path))
-        block._resolved = Storage(url=block.url, fs=storage.fs, root=path)
+        block._resolved = storage.at(path)
         return block
 
     def storage(self) -> Storage:
@@ -55,13 +55,15 @@ class TuneStorage(WritableFileSystem):
         return resolve_storage(self.url, self.storage_options.get_secret_value())
 
     def _resolve_path(self, path: str) -> Path:
-        """The full path of `path` under `url`; a full path is returned as it is. Prefect's
-        result store calls this on unsaved blocks and then passes full paths back."""
-        storage = self.storage()
-        root = storage.root.rstrip("/")
-        if path == root or path.startswith(f"{root}/"):
-            return Path(path)
-        return Path(storage.join(path) if path else root)
+        """The full path of `path` under `url`; a full path under it is returned as it is
+        (Prefect's result store calls this on unsaved blocks and then passes full paths
+        back).
+
+        Raises:
+            ConfigError: `path` leaves `url` ("..", percent-encoded or not, another
+                scheme, bucket or directory).
+        """
+        return Path(self.storage().inside(path))
 
     def read_path(self, path: str, _sync: bool | None = None) -> bytes:  # type: ignore[override]
         """Read `path` (relative to `url`, or full); `_sync` is passed by Prefect."""
@@ -71,13 +73,10 @@ class TuneStorage(WritableFileSystem):
         self, path: str, content: bytes, _sync: bool | None = None
     ) -> str:
         """Atomically write `path` (relative to `url`, or full) and return its full path."""
-        storage = self.storage()
         target = str(self._resolve_path(path))
-        if storage.is_local:
-            storage.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         # Atomic but not fsynced, as Prefect's own LocalFileSystem: the trial outcomes
         # prefect-tune stores here are copies of trial.json.
-        storage.write_bytes(target, content, durable=False)
+        self.storage().write_bytes(target, content, durable=False)
         return target
 
 

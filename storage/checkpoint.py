@@ -39,6 +39,7 @@ class Checkpoint:
             filesystem, _ = fsspec.core.url_to_fs(path)
         self.path = path
         self.filesystem = filesystem
+        self._fs_path = str(fsspec.core.strip_protocol(path))
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike[str]) -> Checkpoint:
@@ -68,11 +69,8 @@ class Checkpoint:
         weakref.finalize(checkpoint, shutil.rmtree, directory, ignore_errors=True)
         return checkpoint
 
-    def _fs_path(self) -> str:
-        return str(self.filesystem._strip_protocol(self.path))
-
     def _is_stored(self) -> bool:
-        return bool(self.filesystem.exists(f"{self._fs_path()}/{MANIFEST}"))
+        return bool(self.filesystem.exists(f"{self._fs_path}/{MANIFEST}"))
 
     def to_directory(self, path: str | os.PathLike[str] | None = None) -> str:
         """Copy the checkpoint's files into local directory `path` (a new temp dir if None)."""
@@ -80,12 +78,7 @@ class Checkpoint:
             prefix="checkpoint_tmp_"
         )
         os.makedirs(target, exist_ok=True)
-        source = self._fs_path()
-        if isinstance(self.filesystem, LocalFileSystem):
-            shutil.copytree(
-                source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MANIFEST)
-            )
-            return target
+        source = self._fs_path
         remote = [p for p in self.filesystem.find(source) if not p.endswith(f"/{MANIFEST}")]
         if not remote and not self.filesystem.exists(source):
             raise CheckpointError(f"checkpoint {self.path} does not exist in storage")
@@ -104,7 +97,7 @@ class Checkpoint:
         temp dir that is removed afterwards, so the stored one cannot be modified.
         """
         if isinstance(self.filesystem, LocalFileSystem) and not self._is_stored():
-            yield self._fs_path()
+            yield self._fs_path
             return
         directory = self.to_directory()
         try:
@@ -114,7 +107,7 @@ class Checkpoint:
 
     def to_dict(self, *, allow_pickle: bool = False) -> dict[str, Any]:
         """The data of a checkpoint made with `from_dict`."""
-        base = self._fs_path()
+        base = self._fs_path
         fs = self.filesystem
         if fs.exists(f"{base}/{DICT_FILE}"):
             loaded = json.loads(fs.cat_file(f"{base}/{DICT_FILE}"))

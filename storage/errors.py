@@ -56,5 +56,9 @@ class TrialCrashed(SweepError, RuntimeError):
     `os._exit`, a segfault); retried like any other trial failure."""
 
 
+class RankFailed(SweepError, RuntimeError):
+    """A rank of a distributed training run raised; its traceback is the message."""
+
+
 class TrialStopped(SweepError):
     """The sweep stopped the trial before it finished (fail_fast)."""

@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import known_implementations
 
+from prefect_tune.storage.checkpoint import Checkpoint
 from prefect_tune.storage.errors import ConfigError, StorageError
 from prefect_tune.storage.layout import MANIFEST, token
 
@@ -39,6 +41,7 @@ class Storage:
 
     @property
     def is_local(self) -> bool:
+        """A local disk or a mount of one (NFS): atomic renames, appendable files."""
         return isinstance(self.fs, LocalFileSystem)
 
     @property
@@ -47,12 +50,53 @@ class Storage:
         protocols = self.fs.protocol
         return "memory" in (protocols if isinstance(protocols, tuple) else (protocols,))
 
+    def link(self, path: str) -> str | None:
+        """The URI of `path` where a link to it means something; None for a local path,
+        which no browser follows."""
+        return None if self.is_local else self.uri(path)
+
+    def at(self, path: str) -> Storage:
+        """The same filesystem rooted at `path`."""
+        return Storage(url=self.uri(path), fs=self.fs, root=path)
+
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
+
+    def inside(self, path: str) -> str:
+        """The full path of `path` (relative to the root, or full, or a URI) if it lies
+        under the root.
+
+        Raises:
+            ConfigError: `path` leaves the root: "..", percent-encoded or not, another
+                scheme, bucket or directory.
+        """
+        root = self.root.rstrip("/")
+        text = urllib.parse.unquote(path)
+        if not text:
+            return root
+        uri = "://" in text
+        if uri:
+            scheme = text.split("://", 1)[0]
+            protocols = self.fs.protocol
+            if scheme not in (protocols if isinstance(protocols, tuple) else (protocols,)):
+                raise ConfigError(f"path {path!r} is not in storage {self.url}: another scheme")
+            text = self.fs._strip_protocol(text)
+        full = text if text == root or text.startswith(f"{root}/") else (
+            "" if uri or text.startswith("/") else self.join(text)
+        )
+        if not full or ".." in full[len(root):].split("/"):
+            raise ConfigError(
+                f"path {path!r} leaves storage {self.url}: use a path inside it, without '..'"
+            )
+        return full
 
     def uri(self, path: str) -> str:
         """The user-facing URI of `path`: a plain path locally, scheme://... elsewhere."""
         return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def checkpoint(self, path: str) -> Checkpoint:
+        """The stored checkpoint directory `path`."""
+        return Checkpoint(self.uri(path), self.fs)
 
     def write_bytes(self, path: str, data: bytes, *, durable: bool = True) -> None:
         """Replace `path` with `data` atomically: readers see the old or the new content.
@@ -69,8 +113,35 @@ class Storage:
     def read_bytes(self, path: str) -> bytes:
         return bytes(self.fs.cat_file(path))
 
+    def read_many(self, paths: list[str]) -> dict[str, bytes]:
+        """The content of each of `paths` that exists, by path; concurrent on object
+        stores."""
+        found = self.fs.cat(paths, on_error="omit") if paths else {}
+        return {self.fs._strip_protocol(k): bytes(v) for k, v in found.items()}
+
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(path))
+
+    def remove(self, path: str) -> None:
+        """Delete the file or tree `path`; nothing there is fine."""
+        try:
+            self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def find(self, path: str) -> dict[str, dict[str, Any]]:
+        """Every file under `path` with its details, listed afresh (files written behind
+        fsspec's back included); {} when there is none."""
+        self.fs.invalidate_cache(path)
+        try:
+            found = self.fs.find(path, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {self.fs._strip_protocol(k): v for k, v in found.items()}
+
+    def appender(self, path: str, initial: bytes = b"") -> Appender:
+        """`path`, replaced by `initial`, to be grown by appends (see `Appender`)."""
+        return LocalAppender(path, initial) if self.is_local else ObjectAppender(self, path, initial)
 
     def listdir(self, path: str) -> list[str]:
         """Base names directly under `path`; [] when it does not exist."""
@@ -91,8 +162,7 @@ class Storage:
         manifest is PUT last. Either way `final` counts as committed only once it holds
         the manifest; a crash before that leaves nothing a reader takes for a checkpoint.
         """
-        files = local_files(source)
-        manifest = json.dumps({"format": 1, "files": files}, sort_keys=True).encode()
+        files, manifest = checkpoint_manifest(source)
         try:
             if self.is_local:
                 shutil.copytree(source, staging)
@@ -114,7 +184,7 @@ class Storage:
         """Best-effort removal of an uncommitted upload; what remains is never read, and a
         resumed trial removes it."""
         try:
-            self.fs.rm(path, recursive=True)
+            self.remove(path)
         except OSError:
             pass
 
@@ -151,6 +221,11 @@ class Storage:
             self.fs.rm_file(path)
         except StorageError:
             raise
+        except TypeError as exc:  # e.g. s3fs passes unknown options on at first use
+            raise ConfigError(
+                f"storage_options for {self.uri(directory)} were rejected by the filesystem: "
+                f"{exc}; pass only keyword arguments that its fsspec filesystem accepts"
+            ) from exc
         except Exception as exc:  # any backend failure: the probe exists to translate it
             raise StorageError(
                 f"storage {self.uri(directory)} is not usable: {_describe(exc)}. "
@@ -217,6 +292,77 @@ def resolve_storage(url: str, options: Mapping[str, Any] | None = None) -> Stora
         ) from exc
     display = root if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(root)
     return Storage(url=display, fs=fs, root=root.rstrip("/") or root)
+
+
+class Appender(Protocol):
+    """A file that grows by appends. Locally every `write` reaches the file at once; on
+    object stores, which cannot append, the content is kept in memory and PUT whole by
+    `flush`. Either way `flush` makes everything written so far durable in storage."""
+
+    def write(self, data: bytes) -> None: ...
+    def replace(self, data: bytes) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class LocalAppender:
+    """An appended local file; `replace` rewrites it atomically."""
+
+    def __init__(self, path: str, initial: bytes) -> None:
+        self._path = path
+        if initial:
+            write_local_atomic(path, initial)
+            self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+        else:  # nothing to keep: truncating in place is as safe (a resume cuts again)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._file = open(path, "wb")  # noqa: SIM115
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self._file.flush()
+
+    def replace(self, data: bytes) -> None:
+        self._file.close()
+        write_local_atomic(self._path, data, durable=False)
+        self._file = open(self._path, "ab")  # noqa: SIM115
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class ObjectAppender:
+    """An object-store file held in memory and PUT whole when flushed (if it changed)."""
+
+    def __init__(self, storage: Storage, path: str, initial: bytes) -> None:
+        self._storage, self._path = storage, path
+        self._data = bytearray(initial)
+        self._dirty = True
+
+    def write(self, data: bytes) -> None:
+        self._data += data
+        self._dirty = True
+
+    def replace(self, data: bytes) -> None:
+        self._data = bytearray(data)
+        self._dirty = True
+
+    def flush(self) -> None:
+        if self._dirty:
+            self._storage.write_bytes(self._path, bytes(self._data))
+            self._dirty = False
+
+    def close(self) -> None:
+        self.flush()
+
+
+def checkpoint_manifest(source: str) -> tuple[dict[str, int], bytes]:
+    """The files of local checkpoint directory `source` (relative path -> size) and the
+    manifest that commits them, written last into the stored checkpoint."""
+    files = local_files(source)
+    return files, json.dumps({"format": 1, "files": files}, sort_keys=True).encode()
 
 
 def local_files(source: str) -> dict[str, int]:

@@ -91,8 +91,12 @@ def token() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def staging_trial_dir(local_dir: str, experiment: str, trial_name: str) -> str:
-    """Where a syncer's trial writes locally: `<local_dir>/<experiment>/<trial>`."""
+def staging_trial_dir(local_dir: str | None, experiment: str, trial_name: str) -> str:
+    """Where a syncer's trial writes locally: `<local_dir>/<experiment>/<trial>`, with
+    `local_dir` by default prefect-tune/staging in the user's cache directory."""
+    if local_dir is None:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        local_dir = os.path.join(cache, "prefect-tune", "staging")
     return os.path.join(os.path.abspath(os.path.expanduser(local_dir)), experiment, trial_name)
 
 

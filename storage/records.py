@@ -5,7 +5,6 @@ Records are frozen snapshots; nothing here does I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -131,27 +130,3 @@ def to_json_value(value: Any, where: str) -> Any:
         f"{where}: value {value!r} of type {type(value).__name__} cannot be written as JSON; "
         "report numbers, strings, bools, None, or lists/dicts of them"
     )
-
-
-def score_of(metrics: Mapping[str, Any], attribute: str) -> float | None:
-    """The numeric score `attribute` ("a/b" for nested) in `metrics`, None if absent.
-
-    Raises:
-        MetricError: the value is present but not a number.
-    """
-    flat = flatten(metrics)
-    if attribute not in flat:
-        return None
-    value = flat[attribute]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise MetricError(
-            f"score attribute {attribute!r} is {value!r}, not a number; report a number"
-        )
-    return float(value)
-
-
-def rank_key(score: float | None, order: str) -> tuple[bool, float]:
-    """Sort key where larger is better; NaN and missing rank below every real score."""
-    if score is None or math.isnan(score):
-        return (False, 0.0)
-    return (True, score if order == "max" else -score)

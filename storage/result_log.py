@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from collections.abc import Iterable, Mapping
-from typing import IO, Any
+from typing import Any
 
 from prefect_tune.storage.filesystem import Storage
+from prefect_tune.storage.layout import PROGRESS, RESULT_LOG
 from prefect_tune.storage.records import flatten
 from prefect_tune.storage.tensorboard import open_event_log
 
@@ -19,39 +19,31 @@ REMOTE_FLUSH_SECONDS = 10.0
 
 
 class ResultLog:
-    """A trial's result.json (JSON lines), progress.csv and TensorBoard events.
+    """A trial's result.json (JSON lines), progress.csv and TensorBoard events in
+    `directory`.
 
-    Locally every row is appended and flushed as it is reported. On object stores,
-    where nothing can be appended, both files are rewritten whole: at every checkpoint
+    Every row is appended as it is reported: locally it reaches the files at once; on
+    object stores, which cannot append, the files are rewritten whole at every checkpoint
     (`durable=True`), at most every REMOTE_FLUSH_SECONDS otherwise, and on close. Event
-    files (when `tensorboard` and tensorboardX is installed) are flushed as often, and
-    a resumed attempt's events hide those of the rows it discarded.
+    files (when `tensorboard` and tensorboardX is installed) are flushed as often, and a
+    resumed attempt's events hide those of the rows it discarded.
     """
 
     def __init__(
-        self, storage: Storage, json_path: str, csv_path: str,
-        rows: Iterable[Mapping[str, Any]] = (), *, tensorboard: bool = False,
+        self, storage: Storage, directory: str, rows: Iterable[Mapping[str, Any]] = (), *,
+        tensorboard: bool = False,
     ) -> None:
-        self._storage = storage
-        self._json_path = json_path
-        self._csv_path = csv_path
         self._rows: list[dict[str, Any]] = []
         self._columns: dict[str, None] = {}
         for row in rows:
             self._remember(row)
+        self._json = storage.appender(f"{directory}/{RESULT_LOG}", self._json_text().encode())
+        self._csv = storage.appender(f"{directory}/{PROGRESS}", self._csv_text().encode())
         self._events = open_event_log(
-            storage, json_path.rsplit("/", 1)[0],
+            storage, directory,
             purge_step=int(self._rows[-1]["training_iteration"]) + 1 if self._rows else None,
         ) if tensorboard else None
-        self._json: IO[str] | None = None
-        self._csv: IO[str] | None = None
-        self._dirty = True  # the stored files must be made to hold exactly `rows`
-        self._last_flush = time.monotonic()
-        if storage.is_local:
-            os.makedirs(os.path.dirname(json_path), exist_ok=True)
-            self._rewrite()
-        else:
-            self.flush()
+        self.flush()  # the stored files hold exactly `rows` from now on
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -67,52 +59,34 @@ class ResultLog:
         return None if new else [_cell(flat.get(c)) for c in self._columns]
 
     def append(self, row: Mapping[str, Any], *, durable: bool) -> None:
-        line = json.dumps(row)
+        """Add `row`; with `durable` (a checkpoint), make every row durable in storage."""
         cells = self._remember(row)
+        self._json.write((json.dumps(row) + "\n").encode())
+        if cells is not None:
+            self._csv.write(_csv_line(cells).encode())
+        elif len(self._rows) > 1:  # a new column: a new header
+            self._csv.replace(self._csv_text().encode())
+        else:
+            self._csv.write(self._csv_text().encode())
         if self._events is not None:
             self._events.append(row)
-        if not self._storage.is_local:
-            self._dirty = True
-            if self._due(durable):
-                self.flush()
-            return
-        assert self._json is not None and self._csv is not None
-        self._json.write(line + "\n")
-        self._json.flush()
-        if cells is None and len(self._rows) > 1:  # a new column: a new header
-            self._csv.close()
-            self._write_csv_file()
-        else:
-            self._csv.write(self._csv_text() if cells is None else _csv_line(cells))
-            self._csv.flush()
-        if self._events is not None and self._due(durable):  # local events: as often
-            self._events.flush()
-            self._last_flush = time.monotonic()
-
-    def _due(self, durable: bool) -> bool:
-        """Whether buffered output is to reach storage now: at a checkpoint, or once
-        REMOTE_FLUSH_SECONDS have passed since the last flush."""
-        return durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS
+        if durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS:
+            self.flush()
 
     def flush(self) -> None:
         """Make every row so far durable in storage."""
-        if self._storage.is_local or not self._dirty:
-            return
-        self._storage.write_bytes(self._json_path, self._json_text().encode())
-        self._storage.write_bytes(self._csv_path, self._csv_text().encode())
+        self._json.flush()
+        self._csv.flush()
         if self._events is not None:
             self._events.flush()
-        self._dirty = False
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
         self.flush()
         if self._events is not None:
             self._events.close()
-        for handle in (self._json, self._csv):
-            if handle is not None:
-                handle.close()
-        self._json = self._csv = None
+        self._json.close()
+        self._csv.close()
 
     def _json_text(self) -> str:
         return "".join(json.dumps(row) + "\n" for row in self._rows)
@@ -123,26 +97,6 @@ class ResultLog:
             flat = flatten(row)
             lines.append(_csv_line([_cell(flat.get(c)) for c in self._columns]))
         return "".join(lines)
-
-    def _rewrite(self) -> None:
-        """Replace both local files with the rows held, then reopen them for appends.
-
-        With no rows to keep, truncating in place is as safe and much cheaper: a crash
-        leaves old rows, which the next resume cuts again.
-        """
-        # The handles stay open until close().
-        if not self._rows:
-            self._json = open(self._json_path, "w", encoding="utf-8")  # noqa: SIM115
-            self._csv = open(self._csv_path, "w", encoding="utf-8", newline="")  # noqa: SIM115
-            return
-        self._storage.write_bytes(self._json_path, self._json_text().encode())
-        self._json = open(self._json_path, "a", encoding="utf-8")  # noqa: SIM115
-        self._write_csv_file()
-
-    def _write_csv_file(self) -> None:
-        """progress.csv is derived from result.json: replaced atomically, not fsynced."""
-        self._storage.write_bytes(self._csv_path, self._csv_text().encode(), durable=False)
-        self._csv = open(self._csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
 
 
 def _cell(value: Any) -> Any:

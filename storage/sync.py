@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from prefect_tune.storage.errors import ConfigError, StorageError
-from prefect_tune.storage.filesystem import Storage, local_files
+from prefect_tune.storage.filesystem import Storage, checkpoint_manifest
 from prefect_tune.storage.layout import MANIFEST
 
 Syncer = str | Callable[[str, str], Any] | None
@@ -101,12 +101,6 @@ class SyncConfig:
         return self.syncer is not None and self.syncer != "auto"
 
 
-def default_local_dir() -> str:
-    """The staging root when RunConfig(local_dir) is not set: in the user's cache."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(cache, "prefect-tune", "staging")
-
-
 class StagedTrial:
     """One trial attempt's staging directory `source`, copied into `target` (the trial's
     directory in `storage`) by the configured syncer."""
@@ -138,11 +132,10 @@ class StagedTrial:
     def stage_checkpoint(self, name: str, directory: str) -> None:
         """Copy local `directory` into staging as checkpoint `name`; it is committed in
         storage by the next `sync`."""
-        files = local_files(directory)
+        _, manifest = checkpoint_manifest(directory)
         shutil.copytree(directory, os.path.join(self.source, name))
         with self._lock:
-            self._pending[name] = json.dumps({"format": 1, "files": files},
-                                             sort_keys=True).encode()
+            self._pending[name] = manifest
 
     def check(self) -> None:
         """Raise the SyncError of a failed periodic sync, if there was one."""
@@ -234,14 +227,10 @@ class StagedTrial:
         """Write checkpoint `name`'s manifest in storage once all its files are there."""
         final = f"{self.target}/{name}"
         expected = json.loads(manifest)["files"]
-        self.storage.fs.invalidate_cache(final)  # the syncer wrote behind fsspec's back
-        try:
-            found = {
-                path[len(final) + 1:]: info.get("size")
-                for path, info in self.storage.fs.find(final, detail=True).items()
-            }
-        except FileNotFoundError:
-            found = {}
+        found = {
+            path[len(final) + 1:]: info.get("size")
+            for path, info in self.storage.find(final).items()  # the syncer wrote them
+        }
         wrong = sorted(rel for rel, size in expected.items() if found.get(rel) != size)
         if wrong:
             raise SyncError(

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import shutil
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,35 +34,24 @@ def open_event_log(
     """
     if not any(importlib.util.find_spec(name) for name in ("tensorboardX", "tensorboard")):
         return None
-    local = None if storage.is_local else tempfile.mkdtemp(prefix="prefect-tune-tb-")
-    try:
-        return EventLog(storage, trial_dir, local, 0 if purge_step is None else purge_step)
-    except BaseException:
-        if local is not None:
-            shutil.rmtree(local, ignore_errors=True)
-        raise
+    return EventLog(storage, trial_dir, 0 if purge_step is None else purge_step)
 
 
 class EventLog:
     """The scalars of a trial's result rows, one event file per attempt."""
 
-    def __init__(self, storage: Storage, trial_dir: str, local: str | None,
-                 purge_step: int) -> None:
-        self._storage, self._trial_dir, self._local = storage, trial_dir, local
+    def __init__(self, storage: Storage, trial_dir: str, purge_step: int) -> None:
         # The usual name, plus nanoseconds: a second attempt within the same second must
         # not truncate the first one's file, and sorts after it.
-        self._name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}." \
+        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}." \
             f"{time.time_ns()}"
-        directory = local or trial_dir
-        os.makedirs(directory, exist_ok=True)
-        self._path = os.path.join(directory, self._name)
-        self._file = open(self._path, "wb")  # noqa: SIM115 - closed by close()
+        self._file = storage.appender(f"{trial_dir}/{name}")
+        self._closed = False
         now, version = time.time(), _string(3, b"brain.Event:2")
         # What tensorboardX's SummaryWriter(purge_step=...) starts a file with.
         self._write(_event(now, 0, version))
         self._write(_event(now, purge_step, version))
         self._write(_event(now, purge_step, _message(7, b"\x08\x01")))  # SessionLog START
-        self._uploaded = -1
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write every numeric (int/float, not bool; NaN and infinities too) flattened metric
@@ -82,28 +68,15 @@ class EventLog:
                                _message(5, values)))
 
     def flush(self) -> None:
-        """Make every row appended so far visible in storage: locally the file in
-        trial_dir is flushed; elsewhere the local file is PUT whole if it grew."""
-        if self._file.closed:
-            return
-        self._file.flush()
-        size = self._file.tell()
-        if self._local is not None and size != self._uploaded:
-            with open(self._path, "rb") as handle:
-                data = handle.read()
-            self._storage.write_bytes(f"{self._trial_dir}/{self._name}", data, durable=False)
-            self._uploaded = size
+        """Make every row appended so far visible in storage."""
+        if not self._closed:
+            self._file.flush()
 
     def close(self) -> None:
-        """Flush, close the file and remove the local temp directory. Idempotent."""
-        if self._file.closed:
-            return
-        try:
-            self.flush()
-        finally:
+        """Flush and close the file. Idempotent."""
+        if not self._closed:
+            self._closed = True
             self._file.close()
-            if self._local is not None:
-                shutil.rmtree(self._local, ignore_errors=True)
 
     def _write(self, data: bytes) -> None:
         header = struct.pack("<Q", len(data))

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
 import pandas as pd
@@ -22,52 +20,18 @@ from prefect.artifacts import (
 
 from prefect_tune.storage import ExperimentStore, TrialOutcome
 from prefect_tune.storage.layout import RESULTS_CSV, RESULTS_JSON
-from prefect_tune.storage.records import AUTO_KEYS, flatten, rank_key
-from prefect_tune.storage.retention import best_of
+from prefect_tune.storage.records import flatten
 
 #: Least seconds between two updates of the progress artifact.
 PROGRESS_SECONDS = 1.0
 #: Rows in the results table artifact; the full table is results.csv in storage.
 ARTIFACT_ROWS = 20
-_FIXED = ("trial_id", "trial_name", "status")
-_TAIL = ("best_score", "num_checkpoints", "best_checkpoint", "error")
 
 
 def artifact_key(experiment: str, kind: str) -> str:
     """A stable artifact key: lowercase letters, digits and dashes."""
     slug = re.sub(r"[^a-z0-9]+", "-", experiment.lower()).strip("-") or "sweep"
     return f"{slug[:60]}-{kind}"
-
-
-def results_frame(
-    outcomes: Sequence[TrialOutcome], store: ExperimentStore, score_attribute: str | None,
-    score_order: str,
-) -> pd.DataFrame:
-    """One row per trial: identity, status, config/..., last metrics, best checkpoint."""
-    rows = []
-    for outcome in outcomes:
-        metrics = {
-            k: v for k, v in flatten(outcome.last_metrics).items()
-            if k not in AUTO_KEYS or k == "training_iteration"
-        }
-        best = best_of(outcome.checkpoints, score_attribute, score_order, 1)
-        rows.append({
-            "trial_id": outcome.trial_id,
-            "trial_name": outcome.trial_name,
-            "status": str(outcome.status),
-            **{f"config/{k}": _scalar(v) for k, v in flatten(outcome.config).items()},
-            **{k: _scalar(v) for k, v in metrics.items() if k not in _FIXED + _TAIL},
-            "best_score": outcome.best_score,
-            "num_checkpoints": len(outcome.checkpoints),
-            "best_checkpoint": store.checkpoint(outcome.trial_name, best[0].index).path
-            if best else None,
-            "error": outcome.error_summary or None,
-        })
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame(columns=[*_FIXED, *_TAIL])
-    middle = [c for c in frame.columns if c not in _FIXED + _TAIL]
-    return frame[[*_FIXED, *middle, *_TAIL]]
 
 
 def write_results(store: ExperimentStore, frame: pd.DataFrame) -> None:
@@ -118,9 +82,10 @@ def publish_results(
         key=artifact_key(experiment, "summary"),
         description=f"Best trial of {experiment}",
     )
-    if not store.storage.is_local:  # a local path is no link a browser follows
+    link = store.storage.link(store.layout.root)
+    if link is not None:
         create_link_artifact(
-            store.path, link_text=store.path, key=artifact_key(experiment, "storage"),
+            link, link_text=link, key=artifact_key(experiment, "storage"),
             description=f"Where {experiment} is stored: checkpoints, results, state",
         )
 
@@ -152,26 +117,3 @@ def summary_markdown(
         ]
     lines.append(f"**Results:** `{store.path}/{RESULTS_CSV}`, `{store.path}/{RESULTS_JSON}`")
     return "\n".join(lines)
-
-
-def best_outcome(
-    outcomes: Sequence[TrialOutcome], metric: str | None, mode: str | None
-) -> TrialOutcome | None:
-    """The trial whose last `metric` is best (NaN and missing never win)."""
-    if not metric or not mode:
-        return None
-    candidates = [
-        (rank_key(_number(flatten(o.last_metrics).get(metric)), mode), o) for o in outcomes
-    ]
-    candidates = [c for c in candidates if c[0][0]]
-    return max(candidates, key=lambda c: c[0])[1] if candidates else None
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return None if math.isinf(value) else float(value)
-
-
-def _scalar(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (list, dict)) else value

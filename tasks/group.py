@@ -12,18 +12,14 @@ A rank that raises or dies fails the whole group: the others are killed at once 
 trial fails, to be retried from its latest committed checkpoint. Ranks also exit as soon
 as the process that started them is gone, so none outlives its run.
 
-Protocol: parent to rank on stdin, each length-prefixed: the parent's `sys.path`, the
-cloudpickled `RankJob`, then one acknowledgement per step. Rank to parent, on a pipe
-whose fd is the argument: ("report", metrics, local checkpoint dir or None), ("done",)
-or ("error", traceback).
+Protocol (frames, see `prefect_tune.tasks.process`): parent to rank on stdin, the
+`RankJob`, then one acknowledgement per step. Rank to parent: ("report", metrics, local
+checkpoint dir or None), ("done",) or ("error", traceback).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import pickle
-import selectors
 import shutil
 import signal
 import socket
@@ -38,38 +34,36 @@ from dataclasses import dataclass, replace
 from queue import SimpleQueue
 from typing import Any
 
-import cloudpickle
-
 from prefect_tune.storage import (
     Checkpoint,
     CheckpointError,
+    ConfigError,
     OutsideTrialError,
+    RankFailed,
     ScalingConfig,
     TrialCrashed,
 )
 from prefect_tune.storage.filesystem import local_files
-from prefect_tune.tasks.child import (
-    LOG_RECORD,
-    ORPHANED,
+from prefect_tune.tasks.process import (
     describe_exit,
-    forward_output,
-    receive_frame,
-    send_frame,
+    frame,
+    read_frame,
+    send,
+    spawn,
+    start_worker,
+    write_frame,
 )
 from prefect_tune.tasks.session import _SESSION, TrialContext, TrialSession, _session
 
 TrainLoop = Callable[[dict[str, Any]], Any]
 #: How long a rank that finished its loop may take to exit before it is killed.
 EXIT_GRACE_SECONDS = 30.0
-
-
-class RankFailed(RuntimeError):
-    """A rank of a distributed training run raised; its traceback is the message."""
+Message = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
 class RankJob:
-    """What one rank runs; sent to it cloudpickled."""
+    """What one rank runs."""
 
     train_loop: TrainLoop
     config: dict[str, Any]
@@ -77,12 +71,11 @@ class RankJob:
     context: TrialContext
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Rank:
     number: int
     process: subprocess.Popen[bytes]
     messages: int  # the read end of its message pipe
-    buffer: bytearray
 
 
 def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingConfig) -> None:
@@ -99,22 +92,27 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
         raise OutsideTrialError("a Trainer cannot run inside a worker of another Trainer")
     world = scaling.num_workers
     port = _free_port()
+    inbox: SimpleQueue[tuple[int, Message | None]] = SimpleQueue()
     with ExitStack() as stack:
         ranks: list[_Rank] = []
         stack.callback(_kill, ranks)
         for number in range(world):
             context = replace(session.context, world_rank=number, world_size=world,
                               local_rank=number)
-            job = RankJob(train_loop, config, session.restored, context)
-            ranks.append(_start(number, job, _environment(number, world, port, scaling)))
-            for stream, level in ((ranks[-1].process.stdout, logging.INFO),
-                                  (ranks[-1].process.stderr, logging.WARNING)):
-                assert stream is not None
-                forward_output(stream, session.logger, level, f"[rank {number}] ")
+            process, pipe, _ = spawn(
+                "prefect_tune.tasks.group", session.logger, prefix=f"[rank {number}] ",
+                env=rank_environment(number, world, port, scaling, os.environ),
+                new_session=True,
+            )
+            ranks.append(_Rank(number, process, pipe))
+            send(process, frame(RankJob(train_loop, config, session.restored, context)))
+            threading.Thread(target=_receive, args=(ranks[-1], inbox), name="rank-messages",
+                             daemon=True).start()
+        ack = frame("ack")
         step = 0
         while True:
             step += 1
-            messages = _collect(ranks)
+            messages = _collect(ranks, inbox)
             kinds = {m[0] for m in messages}
             if kinds == {"done"}:
                 _reap(ranks)
@@ -126,25 +124,43 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
                     f"{step}: every rank must call report() at the same steps"
                 )
             with tempfile.TemporaryDirectory(prefix="prefect-tune-merge-") as merged:
-                keep = session.config.num_to_keep != 0  # 0: no checkpoint is persisted
+                keep = session.plan.checkpoint_config.num_to_keep != 0  # 0: none persisted
                 has_checkpoint = keep and _merge([m[2] for m in messages], merged, step)
                 # Raises TrialDone once the stop condition holds: the ranks are killed.
                 session.report(messages[0][1],
                                Checkpoint.from_directory(merged) if has_checkpoint else None)
             for rank in ranks:
-                assert rank.process.stdin is not None
-                send_frame(rank.process.stdin, b"ack")
+                send(rank.process, ack)
 
 
-def _environment(rank: int, world: int, port: int, scaling: ScalingConfig) -> dict[str, str]:
-    env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+def rank_environment(rank: int, world: int, port: int, scaling: ScalingConfig,
+                     inherited: Mapping[str, str]) -> dict[str, str]:
+    """The environment of rank `rank`: `inherited` plus torch.distributed's variables,
+    OMP_NUM_THREADS for `{"CPU": n}`, and with `use_gpu` the rank's own GPU of those the
+    process was given (CUDA_VISIBLE_DEVICES, if set, else all).
+
+    Raises:
+        ConfigError: fewer GPUs are visible than there are ranks.
+    """
+    env = dict(inherited, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                PYTHONUNBUFFERED="1")
     cpus = (scaling.resources_per_worker or {}).get("CPU")
     if cpus is not None:
         env["OMP_NUM_THREADS"] = str(max(int(cpus), 1))
     if scaling.use_gpu:
-        env["CUDA_VISIBLE_DEVICES"] = str(rank)
+        mask = inherited.get("CUDA_VISIBLE_DEVICES")
+        if mask is None:
+            env["CUDA_VISIBLE_DEVICES"] = str(rank)
+        else:
+            devices = [d.strip() for d in mask.split(",") if d.strip()]
+            if len(devices) < world:
+                raise ConfigError(
+                    f"ScalingConfig(num_workers={world}, use_gpu=True) needs {world} GPUs, "
+                    f"but CUDA_VISIBLE_DEVICES={mask!r} makes {len(devices)} visible: lower "
+                    "num_workers or make more GPUs visible"
+                )
+            env["CUDA_VISIBLE_DEVICES"] = devices[rank]
     return env
 
 
@@ -154,61 +170,35 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start(number: int, job: RankJob, env: dict[str, str]) -> _Rank:
-    read_end, write_end = os.pipe()
+def _receive(rank: _Rank, inbox: SimpleQueue[tuple[int, Message | None]]) -> None:
+    """Queue a rank's messages until its last ("done" or "error"); None once it died."""
     try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect_tune.tasks.group", str(write_end)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, pass_fds=(write_end,), start_new_session=True,
-        )
-    finally:
-        os.close(write_end)
-    assert process.stdin is not None
-    try:
-        send_frame(process.stdin, pickle.dumps(sys.path))
-        send_frame(process.stdin, cloudpickle.dumps(job))
-    except BrokenPipeError:
-        pass  # it died at start-up; its exit status tells why
-    return _Rank(number, process, read_end, bytearray())
+        while True:
+            message = read_frame(rank.messages)
+            inbox.put((rank.number, message))
+            if message[0] != "report":
+                return
+    except (EOFError, OSError):
+        inbox.put((rank.number, None))
 
 
-def _collect(ranks: list[_Rank]) -> list[tuple[Any, ...]]:
+def _collect(ranks: list[_Rank], inbox: SimpleQueue[tuple[int, Message | None]]
+             ) -> list[Message]:
     """The next message of every rank; a rank that died or raised fails the group."""
-    found: dict[int, tuple[Any, ...]] = {}
-    with selectors.DefaultSelector() as selector:
-        for rank in ranks:
-            selector.register(rank.messages, selectors.EVENT_READ, rank)
-        while len(found) < len(ranks):
-            for key, _ in selector.select():
-                rank = key.data
-                chunk = os.read(rank.messages, 1 << 16)
-                if not chunk:
-                    rank.process.wait()
-                    raise TrialCrashed(
-                        f"rank {rank.number} of the training run died: "
-                        f"{describe_exit(rank.process.returncode)}"
-                    )
-                rank.buffer += chunk
-                message = _take_frame(rank.buffer)
-                if message is None:
-                    continue
-                if message[0] == "error":
-                    raise RankFailed(f"rank {rank.number} failed:\n{message[1]}")
-                found[rank.number] = message
-                selector.unregister(rank.messages)
+    found: dict[int, Message] = {}
+    while len(found) < len(ranks):
+        number, message = inbox.get()
+        rank = ranks[number]
+        if message is None:
+            rank.process.wait()
+            raise TrialCrashed(
+                f"rank {number} of the training run died: "
+                f"{describe_exit(rank.process.returncode)}"
+            )
+        if message[0] == "error":
+            raise RankFailed(f"rank {number} failed:\n{message[1]}")
+        found[number] = message
     return [found[rank.number] for rank in ranks]
-
-
-def _take_frame(buffer: bytearray) -> tuple[Any, ...] | None:
-    if len(buffer) < 8:
-        return None
-    size = int.from_bytes(buffer[:8], "big")
-    if len(buffer) < 8 + size:
-        return None
-    message = pickle.loads(bytes(buffer[8:8 + size]))
-    del buffer[:8 + size]
-    return message  # type: ignore[no-any-return]
 
 
 def _merge(directories: list[str | None], merged: str, step: int) -> bool:
@@ -266,7 +256,7 @@ class RankSession:
     """A rank's link to its trial: `report()` sends to the group and waits for the step
     to be recorded."""
 
-    def __init__(self, job: RankJob, out: int, acks: SimpleQueue[bytes]) -> None:
+    def __init__(self, job: RankJob, out: int, acks: SimpleQueue[Any]) -> None:
         self.restored = job.restored
         self.context = job.context
         self._out = out
@@ -285,39 +275,14 @@ class RankSession:
             self.send(("report", dict(metrics), local))
             self._acks.get()
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message)
-        os.write(self._out, len(data).to_bytes(8, "big") + data)
-
-
-def _read_acks(fd: int, acks: SimpleQueue[bytes]) -> None:
-    """Queue the group's acknowledgements; exit once the group is gone (stdin closed).
-    Raw reads: the buffered stdin's lock stays free for the interpreter's exit."""
-    while True:
-        size = _read_exactly(fd, 8)
-        acks.put(_read_exactly(fd, int.from_bytes(size, "big")))
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = os.read(fd, size - len(data))
-        if not chunk:
-            os._exit(ORPHANED)
-        data += chunk
-    return data
+    def send(self, message: Message) -> None:
+        write_frame(self._out, frame(message))
 
 
 def main() -> int:
     """A rank: run the training loop, report each step to the group, exit 0 or 1."""
-    out = int(sys.argv[1])
-    stdin = sys.stdin.buffer
-    sys.path[:0] = [p for p in pickle.loads(receive_frame(stdin)) if p not in sys.path]
-    job: RankJob = cloudpickle.loads(receive_frame(stdin))
-    acks: SimpleQueue[bytes] = SimpleQueue()
-    threading.Thread(target=_read_acks, args=(stdin.fileno(), acks), daemon=True).start()
-    logging.basicConfig(level=logging.INFO, format=f"{LOG_RECORD}%(levelno)d %(message)s",
-                        stream=sys.stderr)
+    acks: SimpleQueue[Any] = SimpleQueue()
+    out, job = start_worker(acks.put)
     session = RankSession(job, out, acks)
     _SESSION.set(session)
     try:

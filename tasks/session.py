@@ -8,7 +8,6 @@ checkpoint is committed, the row appended, then retention deletes what is no lon
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -17,10 +16,8 @@ from typing import Any, Protocol
 
 from prefect_tune.storage import (
     Checkpoint,
-    CheckpointConfig,
     CheckpointError,
     CheckpointRecord,
-    ExperimentStore,
     MetricError,
     OutsideTrialError,
     ResumePoint,
@@ -29,16 +26,8 @@ from prefect_tune.storage import (
     TrialStatus,
     TrialStopped,
 )
-from prefect_tune.storage.config import StopCondition
-from prefect_tune.storage.records import (
-    AUTO_KEYS,
-    checkpoint_dir_name,
-    flatten,
-    rank_key,
-    score_of,
-    to_json_value,
-)
-from prefect_tune.storage.retention import retain
+from prefect_tune.storage.records import AUTO_KEYS, checkpoint_dir_name, flatten, to_json_value
+from prefect_tune.tasks.plan import TrialPlan
 
 
 @dataclass(frozen=True)
@@ -76,33 +65,20 @@ class TrialSession:
     """The bookkeeping of one trial attempt: result rows, checkpoints, retention."""
 
     def __init__(
-        self,
-        store: ExperimentStore,
-        spec: TrialSpec,
-        *,
-        checkpoint_config: CheckpointConfig,
-        score_attribute: str | None,
-        score_order: str,
-        attempt: int,
+        self, plan: TrialPlan, spec: TrialSpec, attempt: int,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
         resume: ResumePoint | None = None,
-        stop: threading.Event | None = None,
-        stop_condition: StopCondition = None,
     ) -> None:
-        self.store = store
+        self.plan = plan
         self.spec = spec
-        self.config = checkpoint_config
-        self.score_attribute = score_attribute
-        self.score_order = score_order
         self.logger = logger
-        self.stop = stop
-        self.stop_condition = stop_condition
+        self.trial = plan.store.trial(spec.trial_name)
         self.context = TrialContext(
             trial_id=spec.trial_id,
             trial_name=spec.trial_name,
-            trial_path=store.trial_uri(spec.trial_name),
-            experiment_name=store.name,
-            experiment_path=store.path,
+            trial_path=self.trial.uri,
+            experiment_name=plan.store.name,
+            experiment_path=plan.store.path,
             attempt=attempt,
         )
         self.restored: Checkpoint | None = None
@@ -117,16 +93,16 @@ class TrialSession:
         if resume is not None:
             rows, self.records, self.next_index = resume.rows, list(resume.records), \
                 resume.next_index
-            _, self.best = retain(self.records, checkpoint_config)
+            _, self.best = plan.ranking.retain(self.records, plan.checkpoint_config.num_to_keep)
             if resume.latest is not None:
-                self.restored = store.checkpoint(spec.trial_name, resume.latest.index)
+                self.restored = self.trial.checkpoint(resume.latest.index)
             for row in rows:
                 self._track_best(row)
             if rows:
                 self.iteration = int(rows[-1]["training_iteration"])
                 self.last_metrics = dict(rows[-1])
-        self.staged = store.staged_trial(spec.trial_name, logger)
-        self.log = store.open_log(spec.trial_name, rows, self.staged)
+        self.staged = self.trial.stage(plan.sync_config, plan.local_dir, logger)
+        self.log = self.trial.open_log(rows, staged=self.staged, tensorboard=plan.tensorboard)
         if self.staged is not None:
             self.staged.start()
 
@@ -142,7 +118,7 @@ class TrialSession:
                             "trial_id": self.spec.trial_id})
 
     def _stops(self, row: Mapping[str, Any]) -> bool:
-        condition = self.stop_condition
+        condition = self.plan.stop_condition
         if condition is None:
             return False
         if callable(condition):
@@ -162,26 +138,26 @@ class TrialSession:
 
     def record(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
         """Write one result row and its checkpoint (committed, then retention applied)."""
-        if self.stop is not None and self.stop.is_set():
+        if self.plan.stop.is_set():
             raise TrialStopped(f"trial {self.spec.trial_name} was stopped by the sweep")
         if self.staged is not None:
             self.staged.check()  # a periodic sync that failed ends the trial here
         clean = self._clean(metrics)
-        persist = checkpoint is not None and self.config.num_to_keep != 0
+        persist = checkpoint is not None and self.plan.checkpoint_config.num_to_keep != 0
         if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
             raise CheckpointError(
                 f"report(checkpoint=...) got {type(checkpoint).__name__}; pass a Checkpoint "
                 "made with Checkpoint.from_directory() or Checkpoint.from_dict()"
             )
-        attribute = self.config.checkpoint_score_attribute
-        if persist and attribute is not None and score_of(clean, attribute) is None:
+        ranking = self.plan.ranking
+        score = ranking.score(clean)  # a non-numeric score fails before any write
+        if persist and ranking.required and score is None:
             raise MetricError(
-                f"report() with a checkpoint has no {attribute!r} metric (got "
+                f"report() with a checkpoint has no {ranking.attribute!r} metric (got "
                 f"{sorted(clean) or 'none'}); checkpoints are ranked by "
-                f"checkpoint_score_attribute={attribute!r}, so report it with every checkpoint"
+                f"checkpoint_score_attribute={ranking.attribute!r}, so report it with every "
+                "checkpoint"
             )
-        if self.score_attribute is not None:
-            score_of(clean, self.score_attribute)  # a non-numeric score fails before any write
         dir_name = None
         if persist:
             assert checkpoint is not None
@@ -192,7 +168,7 @@ class TrialSession:
                 if self.staged is not None:  # committed by the sync below
                     self.staged.stage_checkpoint(dir_name, local)
                 else:
-                    self.store.commit_checkpoint(self.spec.trial_name, index, local)
+                    self.trial.commit_checkpoint(index, local)
         self.iteration += 1
         row = {
             **clean,
@@ -209,6 +185,8 @@ class TrialSession:
         if persist:
             self.records.append(CheckpointRecord(self.next_index - 1, clean))
             self._retain()
+        elif self._unreclaimed:
+            self._reclaim()
 
     def _clean(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(metrics, Mapping):
@@ -225,19 +203,14 @@ class TrialSession:
         return clean
 
     def _track_best(self, metrics: Mapping[str, Any]) -> None:
-        if self.score_attribute is None:
-            return
-        score = score_of(metrics, self.score_attribute)
-        if score is None:
-            return
-        if self.best_score is None or rank_key(score, self.score_order) > rank_key(
-            self.best_score, self.score_order
-        ):
+        score = self.plan.ranking.score(metrics)
+        if self.plan.ranking.better(score, self.best_score):
             self.best_score = score
 
     def _retain(self) -> None:
         """Drop what retention no longer keeps: records first, then files."""
-        kept, self.best = retain(self.records, self.config)
+        kept, self.best = self.plan.ranking.retain(self.records,
+                                                   self.plan.checkpoint_config.num_to_keep)
         kept_indexes = {r.index for r in kept}
         self._unreclaimed |= {r.index for r in self.records if r.index not in kept_indexes}
         self.records = list(kept)
@@ -247,7 +220,7 @@ class TrialSession:
         """Delete evicted checkpoints; a failed delete is logged and retried later."""
         for index in sorted(self._unreclaimed):
             try:
-                self.store.delete_checkpoint(self.spec.trial_name, index)
+                self.trial.delete_checkpoint(index)
             except FileNotFoundError:
                 pass
             except OSError as exc:

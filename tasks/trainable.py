@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from prefect_tune.storage import Checkpoint, CheckpointConfig, CheckpointError, MetricError
+from prefect_tune.storage import Checkpoint, CheckpointError, MetricError
 from prefect_tune.storage.checkpoint import holds_dict, write_dict
 from prefect_tune.tasks.session import TrialSession
 
@@ -75,11 +75,9 @@ def is_class_trainable(trainable: object) -> bool:
     return isinstance(trainable, type) and issubclass(trainable, Trainable)
 
 
-def drive(
-    cls: type[Trainable], config: dict[str, Any], session: TrialSession,
-    checkpoints: CheckpointConfig,
-) -> None:
+def drive(cls: type[Trainable], config: dict[str, Any], session: TrialSession) -> None:
     """Run `cls` as the session's trial until its stop condition (or `"done"`) holds."""
+    checkpoints = session.plan.checkpoint_config
     trainable = cls(config)
     try:
         trainable.iteration = session.iteration

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect_tune.flows import TuneConfig, Tuner, grid_search
-from prefect_tune.flows.engine import SweepPlan
+from prefect_tune.flows.plan import SweepPlan
 from prefect_tune.flows.tuner import tune_flow
 from prefect_tune.storage import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
 from prefect_tune.tasks import get_checkpoint, get_context, report
@@ -99,7 +99,7 @@ def _before(owner: Any, name: str, event: str, when: Callable[..., bool] = lambd
 def install_hooks(*, child: bool) -> None:
     """Wrap the storage steps (in every process) and the sweep's steps (in the driver);
     once per process (the mark lives in a module, not in this pickled-by-value one)."""
-    from prefect_tune.storage import store
+    from prefect_tune.storage import result_log, store
 
     if getattr(store, "_crash_hooks", False):
         return
@@ -107,9 +107,9 @@ def install_hooks(*, child: bool) -> None:
 
     _before(os, "rename", "staged", lambda src, dst: ".tmp-" in str(src))
     _before(shutil, "rmtree", "deleting", lambda path, *a, **k: ".deleting-" in str(path))
-    _before(store.ResultLog, "append", "committed",
+    _before(result_log.ResultLog, "append", "committed",
             lambda self, row, **k: row.get("checkpoint_dir_name") is not None)
-    _after(store.ResultLog, "append", "appended")
+    _after(result_log.ResultLog, "append", "appended")
     if child:
         return
     from prefect_tune.tasks import bookkeeping
@@ -124,9 +124,8 @@ def install_hooks(*, child: bool) -> None:
 
 def plan(directory: str) -> SweepPlan:
     """3 trials (x = 1, 2, 3) one at a time; keep the best checkpoint and the latest."""
-    return SweepPlan(
-        name=NAME, trainable=count_up, trainable_name="count_up",
-        param_space={"x": grid_search([1, 2, 3])},
+    return Tuner(
+        count_up, param_space={"x": grid_search([1, 2, 3])},
         tune_config=TuneConfig(max_concurrent_trials=1),
         run_config=RunConfig(
             name=NAME, storage_path=os.path.join(directory, "storage"),
@@ -135,7 +134,7 @@ def plan(directory: str) -> SweepPlan:
             ),
             failure_config=FailureConfig(max_failures=2),
         ),
-    )
+    ).plan()
 
 
 #: The entrypoint `prefect flow-run retry --entrypoint` loads (CRASH_PHASE=retry).

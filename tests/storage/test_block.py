@@ -151,3 +151,45 @@ def test_secrets_never_reach_files_parameters_logs_or_artifacts(
         )
     assert SECRET not in json.dumps(document.data, default=str)
     assert SECRET not in repr(TuneStorage.load("secret-store"))
+
+
+ESCAPES = ["../outside.txt", "sub/../../outside.txt", "%2e%2e/outside.txt",
+           "%2E%2E%2Foutside.txt", "/etc/outside.txt"]
+
+
+@pytest.mark.parametrize("path", ESCAPES)
+def test_block_refuses_local_paths_that_leave_its_root(tmp_path: Path, path: str) -> None:
+    """read_path and write_path refuse "..", percent-encoded or not, and absolute paths
+    elsewhere: nothing outside the block's URL is read or written."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside.txt").write_bytes(b"secret")
+    block = TuneStorage(url=str(root))
+    with pytest.raises(ConfigError, match="leaves storage"):
+        block.read_path(path)
+    with pytest.raises(ConfigError, match="leaves storage"):
+        block.write_path(path, b"overwritten")
+    assert (tmp_path / "outside.txt").read_bytes() == b"secret"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.txt", "root"]
+    block.write_path("inside/a.txt", b"ok")
+    assert block.read_path(str(root / "inside" / "a.txt")) == b"ok"
+
+
+def test_block_refuses_another_bucket_or_scheme_on_s3(moto_endpoint: str) -> None:
+    """On S3 a full URI must name the block's own bucket and prefix; another bucket, a
+    sibling prefix or another scheme is refused, a relative path stays under the URL."""
+    bucket = f"blk-{uuid.uuid4().hex[:8]}"
+    block = TuneStorage(url=f"s3://{bucket}/root", storage_options=s3_options(moto_endpoint))
+    storage = block.storage()
+    storage.fs.mkdir(bucket)
+    storage.fs.pipe_file(f"{bucket}/other/x", b"secret")
+    for path in (f"s3://{bucket}/other/x", f"s3://{bucket}/root/../other/x", "../other/x",
+                 "s3://another-bucket/root/x", "gs://" + bucket + "/root/x"):
+        with pytest.raises(ConfigError):
+            block.read_path(path)
+        with pytest.raises(ConfigError):
+            block.write_path(path, b"overwritten")
+    assert storage.fs.cat_file(f"{bucket}/other/x") == b"secret"
+    assert block.write_path("a/b", b"ok") == f"{bucket}/root/a/b"
+    assert block.read_path(f"s3://{bucket}/root/a/b") == b"ok"
+    assert block.read_path(f"{bucket}/root/a/b") == b"ok"

@@ -42,10 +42,10 @@ def test_committed_checkpoint_round_trips_every_file(backend: Backend, tmp_path:
     files = {"model.bin": os.urandom(70_000), "sub/opt.json": b'{"lr": 0.1}', "empty": b""}
     source = write_tree(tmp_path / "src", files)
     store = make_store(backend)
-    store.commit_checkpoint("t_00000", 0, source)
+    store.trial("t_00000").commit_checkpoint(0, source)
 
-    assert store.committed_indexes("t_00000") == [0]
-    checkpoint = store.checkpoint("t_00000", 0)
+    assert store.trial("t_00000").committed_indexes() == [0]
+    checkpoint = store.trial("t_00000").checkpoint(0)
     target = Path(checkpoint.to_directory(str(tmp_path / "out")))
     got = {
         str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()
@@ -61,32 +61,32 @@ def test_uncommitted_directories_are_never_listed(backend: Backend, tmp_path: Pa
     and its index is still never reused."""
     store = make_store(backend)
     source = write_tree(tmp_path / "src", {"w": b"1"})
-    store.commit_checkpoint("t_00000", 0, source)
+    store.trial("t_00000").commit_checkpoint(0, source)
     torn = store.layout.checkpoint_dir("t_00000", 1)
     store.storage.fs.makedirs(torn, exist_ok=True)
     store.storage.fs.pipe_file(f"{torn}/w", b"partial")
-    assert store.committed_indexes("t_00000") == [0]
-    assert store.next_index("t_00000") == 2
+    assert store.trial("t_00000").committed_indexes() == [0]
+    assert store.trial("t_00000").next_index() == 2
 
 
 def test_delete_uncommits_then_removes(backend: Backend, tmp_path: Path) -> None:
     store = make_store(backend)
     source = write_tree(tmp_path / "src", {"w": b"1", "d/x": b"2"})
-    store.commit_checkpoint("t_00000", 0, source)
-    store.commit_checkpoint("t_00000", 1, source)
-    store.delete_checkpoint("t_00000", 0)
-    assert store.committed_indexes("t_00000") == [1]
+    store.trial("t_00000").commit_checkpoint(0, source)
+    store.trial("t_00000").commit_checkpoint(1, source)
+    store.trial("t_00000").delete_checkpoint(0)
+    assert store.trial("t_00000").committed_indexes() == [1]
     assert not store.storage.exists(store.layout.checkpoint_dir("t_00000", 0) + "/w")
-    assert store.next_index("t_00000") == 2
+    assert store.trial("t_00000").next_index() == 2
 
 
 def test_result_log_round_trips_rows_and_widens_csv(backend: Backend) -> None:
     store = make_store(backend)
-    log = store.open_log("t_00000")
+    log = store.trial("t_00000").open_log()
     log.append({"loss": 1.5, "training_iteration": 1}, durable=False)
     log.append({"loss": float("nan"), "acc": 0.5, "training_iteration": 2}, durable=True)
     log.close()
-    rows = store.read_rows("t_00000")
+    rows = store.trial("t_00000").read_rows()
     assert [r["training_iteration"] for r in rows] == [1, 2]
     assert rows[1]["acc"] == 0.5
     csv = store.storage.read_bytes(store.layout.trial_file("t_00000", "progress.csv")).decode()
@@ -98,20 +98,20 @@ def test_torn_last_line_is_skipped(backend: Backend) -> None:
     path = store.layout.trial_file("t_00000", "result.json")
     store.storage.fs.makedirs(store.layout.trial_dir("t_00000"), exist_ok=True)
     store.storage.fs.pipe_file(path, b'{"training_iteration": 1}\n{"training_iter')
-    assert store.read_rows("t_00000") == [{"training_iteration": 1}]
+    assert store.trial("t_00000").read_rows() == [{"training_iteration": 1}]
 
 
 def test_dict_checkpoint_reads_back_from_storage(backend: Backend) -> None:
     store = make_store(backend)
     data = {"w": [1.0, 2.0], "step": 3, "nested": {"ok": True}}
     with Checkpoint.from_dict(data).as_directory() as local:
-        store.commit_checkpoint("t_00000", 0, local)
-    assert store.checkpoint("t_00000", 0).to_dict() == data
+        store.trial("t_00000").commit_checkpoint(0, local)
+    assert store.trial("t_00000").checkpoint(0).to_dict() == data
 
 
 def test_manifest_lists_files_with_sizes(backend: Backend, tmp_path: Path) -> None:
     store = make_store(backend)
-    store.commit_checkpoint("t_00000", 4, write_tree(tmp_path / "s", {"a": b"xyz"}))
+    store.trial("t_00000").commit_checkpoint(4, write_tree(tmp_path / "s", {"a": b"xyz"}))
     manifest = store.storage.read_bytes(store.layout.checkpoint_dir("t_00000", 4) + "/" + MANIFEST)
     assert json.loads(manifest) == {"format": 1, "files": {"a": 3}}
 
@@ -119,8 +119,8 @@ def test_manifest_lists_files_with_sizes(backend: Backend, tmp_path: Path) -> No
 def test_missing_source_directory_is_a_clear_error(backend: Backend, tmp_path: Path) -> None:
     store = make_store(backend)
     with pytest.raises(StorageError, match="does not exist"):
-        store.commit_checkpoint("t_00000", 0, str(tmp_path / "nope"))
-    assert store.committed_indexes("t_00000") == []
+        store.trial("t_00000").commit_checkpoint(0, str(tmp_path / "nope"))
+    assert store.trial("t_00000").committed_indexes() == []
 
 
 def test_failed_upload_leaves_no_partial_checkpoint(backend: Backend, tmp_path: Path) -> None:
@@ -130,8 +130,8 @@ def test_failed_upload_leaves_no_partial_checkpoint(backend: Backend, tmp_path: 
     (source / "z_unreadable").symlink_to("/proc/self/mem")  # stat works, read fails with EIO
     store = make_store(backend)
     with pytest.raises(OSError):
-        store.commit_checkpoint("t_00000", 0, str(source))
-    assert store.committed_indexes("t_00000") == []
+        store.trial("t_00000").commit_checkpoint(0, str(source))
+    assert store.trial("t_00000").committed_indexes() == []
     assert store.storage.listdir(store.layout.trial_dir("t_00000")) == []
 
 
@@ -139,22 +139,22 @@ def test_interrupted_delete_is_finished_by_the_retry(backend: Backend, tmp_path:
     """A delete that stopped after uncommitting (manifest gone, files left) is completed by
     calling it again, and leaves nothing behind."""
     store = make_store(backend)
-    store.commit_checkpoint("t_00000", 0, write_tree(tmp_path / "s", {"w": b"1"}))
+    store.trial("t_00000").commit_checkpoint(0, write_tree(tmp_path / "s", {"w": b"1"}))
     path = store.layout.checkpoint_dir("t_00000", 0)
     if store.storage.is_local:
         os.rename(path, store.layout.trash_dir("t_00000", 0))  # renamed, rmtree never ran
     else:
         store.storage.fs.rm_file(f"{path}/{MANIFEST}")  # uncommitted, rm never ran
-    store.delete_checkpoint("t_00000", 0)
+    store.trial("t_00000").delete_checkpoint(0)
     assert store.storage.listdir(store.layout.trial_dir("t_00000")) == []
 
 
 def test_resume_never_reuses_an_index_a_row_referenced(backend: Backend, tmp_path: Path) -> None:
     store = make_store(backend)
-    log = store.open_log("t_00000")
+    log = store.trial("t_00000").open_log()
     log.append({"training_iteration": 1, "checkpoint_dir_name": "checkpoint_000004"}, durable=True)
     log.close()
-    assert store.resume_point("t_00000").next_index == 5
+    assert store.trial("t_00000").resume_point().next_index == 5
 
 
 def test_trial_state_round_trips_and_an_empty_file_is_no_record(backend: Backend) -> None:

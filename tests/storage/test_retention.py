@@ -1,4 +1,4 @@
-"""`retain` and `best_of`: which checkpoints a trial keeps, as a pure function."""
+"""`Ranking`: which checkpoints a trial keeps and which is best, as pure functions."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect_tune.storage.config import CheckpointConfig
+from prefect_tune.storage.ranking import Ranking, best_by
 from prefect_tune.storage.records import CheckpointRecord
-from prefect_tune.storage.retention import best_of, retain
+
+
+def retain(records: Sequence[CheckpointRecord], config: CheckpointConfig
+           ) -> tuple[tuple[CheckpointRecord, ...], tuple[CheckpointRecord, ...]]:
+    """Retention as a trial applies it, for a sweep without a metric."""
+    return Ranking.of(config).retain(records, config.num_to_keep)
+
+
+def best_of(records: Sequence[CheckpointRecord], attribute: str, order: Any, count: int
+            ) -> tuple[CheckpointRecord, ...]:
+    return Ranking(attribute, order).best_checkpoints(records, count)
 
 
 def records(*metrics: dict[str, Any]) -> list[CheckpointRecord]:
@@ -131,3 +142,27 @@ def test_returned_tuples_are_in_report_order() -> None:
     assert indexes(best_of(shuffled, "loss", "min", 3)) == [0, 2, 4]
     kept_all, best_all = retain(shuffled, CheckpointConfig())
     assert indexes(kept_all) == indexes(best_all) == [0, 1, 2, 3, 4]
+
+
+def test_ranking_follows_the_sweep_metric_unless_checkpoints_name_their_own() -> None:
+    """One rule for every "best checkpoint": the checkpoint score attribute, else the
+    sweep's metric and mode (lenient: a checkpoint without it ranks last), else recency."""
+    recs = records({"loss": 0.5, "acc": 0.2}, {"loss": 0.1, "acc": 0.1}, {"acc": 0.9})
+    by_metric = Ranking.of(CheckpointConfig(num_to_keep=1), "loss", "min")
+    assert (by_metric.attribute, by_metric.order, by_metric.required) == ("loss", "min", False)
+    kept, best = by_metric.retain(recs, 1)
+    assert indexes(best) == [1]
+    assert indexes(kept) == [1, 2]  # the latest is never deleted
+    own = Ranking.of(CheckpointConfig(checkpoint_score_attribute="acc"), "loss", "min")
+    assert (own.attribute, own.order, own.required) == ("acc", "max", True)
+    assert indexes(own.best_checkpoints(recs, 1)) == [2]
+    assert Ranking.of(CheckpointConfig(), None, None) == Ranking()
+    assert indexes(Ranking().best_checkpoints(recs, 2)) == [1, 2]
+
+
+def test_best_by_skips_nan_missing_and_infinite_scores() -> None:
+    scored = [(None, "a"), (math.nan, "b"), (math.inf, "c"), (2.0, "d"), (1.0, "e"), (1.0, "f")]
+    assert best_by(scored, "min") == "e"
+    assert best_by(scored, "max") == "d"
+    assert best_by(scored, "max", finite_only=False) == "c"
+    assert best_by([(None, "a"), (math.nan, "b")], "max") is None

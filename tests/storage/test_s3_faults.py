@@ -90,12 +90,12 @@ def test_two_503s_on_a_checkpoint_put_are_retried(
     target = f"PUT /{checkpoint_key(bucket, 0, 'model.bin')}"
     proxy.inject("503", target, count=2)
 
-    store.commit_checkpoint(TRIAL, 0, source)
+    store.trial(TRIAL).commit_checkpoint(0, source)
 
     assert [(s.fault, s.status) for s in proxy.requests(target)] == [
         ("503", 503), ("503", 503), (None, 200),
     ]
-    assert store.committed_indexes(TRIAL) == [0]
+    assert store.trial(TRIAL).committed_indexes() == [0]
     assert_stored(direct, bucket, 0, files)
 
 
@@ -104,11 +104,11 @@ def test_connection_reset_on_a_get_is_retried(
 ) -> None:
     store = make_store(proxy, bucket)
     rows = [{"training_iteration": i, "loss": 1.0 / i} for i in (1, 2, 3)]
-    store.open_log(TRIAL, rows).close()
+    store.trial(TRIAL).open_log(rows).close()
     target = f"GET /{bucket}/runs/exp/{TRIAL}/result.json"
     proxy.inject("reset", target)
 
-    assert store.read_rows(TRIAL) == rows
+    assert store.trial(TRIAL).read_rows() == rows
 
     assert [(s.fault, s.status) for s in proxy.requests(target)] == [
         ("reset", None), (None, 200),
@@ -124,7 +124,7 @@ def test_503_on_one_multipart_part_retries_that_part(
     key = checkpoint_key(bucket, 0, "weights.bin")
     proxy.inject("503", f"PUT /{key}?partNumber=2&")
 
-    store.commit_checkpoint(TRIAL, 0, source)
+    store.trial(TRIAL).commit_checkpoint(0, source)
 
     parts = {
         n: [(s.fault, s.status) for s in proxy.requests(f"PUT /{key}?partNumber={n}&")]
@@ -133,7 +133,7 @@ def test_503_on_one_multipart_part_retries_that_part(
     assert parts == {1: [(None, 200)], 2: [("503", 503), (None, 200)], 3: [(None, 200)]}
     assert [s.status for s in proxy.requests(f"POST /{key}?uploads")] == [200]
     assert [s.status for s in proxy.requests(f"POST /{key}?uploadId=")] == [200]  # complete
-    assert store.committed_indexes(TRIAL) == [0]
+    assert store.trial(TRIAL).committed_indexes() == [0]
     assert_stored(direct, bucket, 0, files)
 
 
@@ -148,20 +148,20 @@ def test_persistent_503_fails_the_commit_and_leaves_nothing(
     proxy.inject("503", target, count=1000)
 
     with pytest.raises(StorageError) as caught:
-        store.commit_checkpoint(TRIAL, 0, source)
+        store.trial(TRIAL).commit_checkpoint(0, source)
 
     assert f"s3://{checkpoint_key(bucket, 0)}" in str(caught.value)
     assert len(proxy.fired(target)) > 1  # retried, then given up
     assert proxy.requests(target) == proxy.fired(target)  # never got through
     if failing != MANIFEST:  # the manifest is written last: never after a failed file
         assert proxy.requests(f"PUT /{checkpoint_key(bucket, 0, MANIFEST)}") == []
-    assert store.committed_indexes(TRIAL) == []
+    assert store.trial(TRIAL).committed_indexes() == []
     direct.invalidate_cache()
     assert direct.find(checkpoint_key(bucket, 0)) == []  # the partial upload is removed
 
     proxy.clear()
-    store.commit_checkpoint(TRIAL, 1, source)
-    assert store.committed_indexes(TRIAL) == [1]
+    store.trial(TRIAL).commit_checkpoint(1, source)
+    assert store.trial(TRIAL).committed_indexes() == [1]
     assert_stored(direct, bucket, 1, files)
 
 
@@ -174,7 +174,7 @@ def test_storage_error_does_not_leak_the_secret(
     proxy.inject("503", target, count=1000)
 
     with pytest.raises(StorageError) as caught:
-        store.commit_checkpoint(TRIAL, 0, source)
+        store.trial(TRIAL).commit_checkpoint(0, source)
 
     assert proxy.fired(target)
     assert f"s3://{checkpoint_key(bucket, 0)}" in str(caught.value)

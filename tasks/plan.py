@@ -1,0 +1,65 @@
+"""`TrialPlan`: what every trial of one sweep shares, built once by the sweep.
+
+The plan is pickled as it is to wherever a trial runs (a child process, a Dask worker);
+each layer reads what it needs from it, so nothing is re-packed on the way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prefect_tune.storage import (
+    CheckpointConfig,
+    ExperimentStore,
+    Ranking,
+    StorageMarker,
+    SyncConfig,
+)
+from prefect_tune.storage.config import StopCondition
+
+Isolation = Literal["process", "thread"]
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """The trainable, where its trials are stored, and how they run.
+
+    Args:
+        trainable: A function of the config dict, or a `Trainable` class.
+        store: The experiment.
+        checkpoint_config: What to keep, and when a class trainable saves.
+        ranking: What ranks checkpoints (retention, best checkpoint, best score).
+        max_failures: Retries per trial; -1 without limit.
+        isolation: "process" runs each attempt in a child process (a hard death is a
+            retried failure); "thread" in the trial task's thread.
+        stop_condition: Ends a trial as finished (RunConfig.stop).
+        tensorboard: Trials also write TensorBoard event files.
+        sync_config: How trial files reach storage (directly, or staged and synced).
+        local_dir: The staging root of a syncer.
+        marker: The storage marker every trial checks first.
+        stop: Once set, the sweep's trials stop (fail_fast); never leaves this process.
+    """
+
+    trainable: Callable[[dict[str, Any]], Any]
+    store: ExperimentStore
+    checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ranking: Ranking = field(default_factory=Ranking)
+    max_failures: int = 0
+    isolation: Isolation = "process"
+    stop_condition: StopCondition = None
+    tensorboard: bool = True
+    sync_config: SyncConfig = field(default_factory=SyncConfig)
+    local_dir: str | None = None
+    marker: StorageMarker | None = None
+    stop: threading.Event = field(default_factory=threading.Event, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the stop event, which cannot leave this process: a plan sent to
+        another process gets an event of its own, never set."""
+        return {k: v for k, v in self.__dict__.items() if k != "stop"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, stop=threading.Event())
