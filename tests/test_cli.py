@@ -2,23 +2,77 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from prefect_tune.flows import TuneConfig, Tuner, grid_search
+from prefect_tune.storage import RunConfig, TrialStatus
+
+from .flaky_trainable import flaky
+
 #: The console script installed beside this interpreter.
 CLI = str(Path(sys.executable).with_name("prefect-tune"))
+#: The repository root: on PYTHONPATH, `tests.flaky_trainable:flaky` imports.
+ROOT = Path(__file__).resolve().parents[1]
+LS_COLUMNS = ("experiment", "trials", "statuses", "last update")
 
 
-def run_cli(*args: str, api: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, api: str, pythonpath: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PREFECT_API_URL=api)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
-        [CLI, *args], check=False, env=dict(os.environ, PREFECT_API_URL=api),
-        capture_output=True, text=True, timeout=300,
+        [CLI, *args], check=False, env=env, capture_output=True, text=True, timeout=300,
     )
+
+
+def parse_table(lines: Sequence[str], columns: Sequence[str]) -> list[dict[str, str]]:
+    """The rows of a table printed by pandas' `to_string(index=False)`: `lines` are its
+    header and rows, every cell right-aligned under its column name. Each row must fill
+    exactly the header's width, with a space between cells."""
+    header, *rows = lines
+    ends, position = [], 0
+    for column in columns:
+        start = header.index(column, position)
+        assert start == 0 or header[start - 1] == " ", (column, header)
+        position = start + len(column)
+        ends.append(position)
+    assert ends[-1] == len(header), f"columns {columns} do not fill the header {header!r}"
+    parsed = []
+    for row in rows:
+        assert len(row) == len(header), (row, header)
+        starts = [0, *ends[:-1]]
+        assert all(row[s] == " " for s in starts[1:]), row  # cells never touch
+        parsed.append({c: row[s:e].strip() for c, s, e in zip(columns, starts, ends, strict=True)})
+    return parsed
+
+
+def ls_rows(stdout: str) -> dict[str, dict[str, str]]:
+    """`prefect-tune ls` output: experiment name -> its cells."""
+    return {row["experiment"]: row for row in parse_table(stdout.splitlines(), LS_COLUMNS)}
+
+
+def last_update(experiment: Path) -> str:
+    """When any file of the experiment last changed, as `ls` prints it."""
+    newest = max(p.stat().st_mtime for p in experiment.rglob("*") if p.is_file())
+    return f"{datetime.fromtimestamp(newest, UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def file_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under `directory` (relative path -> content)."""
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_demo_runs_a_real_sweep_and_prints_the_best_trial(
@@ -44,12 +98,14 @@ def test_errors_are_one_clear_line_and_exit_nonzero(prefect_server: str) -> None
 
 
 def test_help_lists_every_command() -> None:
+    """The first word of each entry of the help's command panel: exactly the six commands
+    (and the two options)."""
     done = subprocess.run(
         [CLI, "--help"], check=False, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0
-    for command in ("demo", "ls", "show", "best", "restore", "export"):
-        assert command in done.stdout
+    entries = re.findall(r"^\W (\S+)", done.stdout, flags=re.MULTILINE)
+    assert entries == ["best", "demo", "export", "ls", "restore", "show", "--help", "--version"]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +120,10 @@ def experiment(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) ->
 def test_ls_counts_trials_by_status(experiment: Path, prefect_server: str) -> None:
     done = run_cli("ls", str(experiment.parent), api=prefect_server)
     assert done.returncode == 0, done.stderr
-    row = next(line for line in done.stdout.splitlines() if "shared" in line)
-    assert "TERMINATED 4" in row and " 4 " in row
+    assert ls_rows(done.stdout) == {"shared": {
+        "experiment": "shared", "trials": "4", "statuses": "TERMINATED 4",
+        "last update": last_update(experiment),
+    }}
 
 
 def test_show_and_best_name_the_best_checkpoint(experiment: Path, prefect_server: str) -> None:
@@ -73,14 +131,31 @@ def test_show_and_best_name_the_best_checkpoint(experiment: Path, prefect_server
     best = table.loc[table["loss"].idxmin()]
     shown = run_cli("show", str(experiment), api=prefect_server)
     assert shown.returncode == 0, shown.stderr
-    assert all(name in shown.stdout for name in table["trial_name"])
-    assert f"best trial: {best['trial_name']} with loss=" in shown.stdout
+    lines = shown.stdout.splitlines()
+    assert len(lines) == 1 + len(table) + 2  # header, one row per trial, the best trial
+    columns = lines[0].split()
+    assert sorted(columns) == sorted(table.columns)
+    rows = parse_table(lines[:-2], columns)
+    assert [r["trial_id"] for r in rows] == list(table["trial_id"])
+    assert [r["trial_name"] for r in rows] == list(table["trial_name"])
+    assert [r["status"] for r in rows] == ["TERMINATED"] * 4
+    assert [r["best_checkpoint"] for r in rows] == list(table["best_checkpoint"])
+    assert [r["error"] for r in rows] == [""] * 4
+    assert [float(r["loss"]) for r in rows] == pytest.approx(list(table["loss"]), abs=5e-7)
+    best_rows = (experiment / best["trial_name"] / "result.json").read_text().splitlines()
+    assert lines[-2:] == [
+        f"best trial: {best['trial_name']} with loss={json.loads(best_rows[-1])['loss']}",
+        f"checkpoint: {best['best_checkpoint']}",
+    ]
     printed = run_cli("best", str(experiment), api=prefect_server)
     assert printed.returncode == 0, printed.stderr
-    assert printed.stdout.strip() == best["best_checkpoint"]
+    assert printed.stdout == f"{best['best_checkpoint']}\n"
+    # --mode max: the worst trial by loss, and its best checkpoint (lowest loss) in it
     worst = table.loc[table["loss"].idxmax()]
     inverted = run_cli("best", str(experiment), "--mode", "max", api=prefect_server)
-    assert inverted.stdout.strip().startswith(str(experiment / worst["trial_name"]))
+    assert inverted.returncode == 0, inverted.stderr
+    assert inverted.stdout == f"{worst['best_checkpoint']}\n"
+    assert worst["best_checkpoint"].startswith(f"{experiment / worst['trial_name']}/")
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
@@ -98,6 +173,41 @@ def test_export_writes_the_trial_table(
     assert exported["loss"].tolist() == pytest.approx(expected["loss"].tolist())
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_export_without_output_writes_to_stdout(
+    experiment: Path, prefect_server: str, fmt: str
+) -> None:
+    """CSV (the default format) and JSON go to standard output, the same table as
+    results.csv and results.json."""
+    done = run_cli("export", str(experiment), *(["--format", fmt] if fmt == "json" else []),
+                   api=prefect_server)
+    assert done.returncode == 0, done.stderr
+    if fmt == "csv":
+        exported = pd.read_csv(io.StringIO(done.stdout))
+        assert len(exported) == 4
+        pd.testing.assert_frame_equal(exported, pd.read_csv(experiment / "results.csv"),
+                                      check_exact=True, check_like=True)
+    else:
+        exported = json.loads(done.stdout)
+        assert len(exported) == 4
+        assert exported == json.loads((experiment / "results.json").read_text())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "defect: tables built from stored state order the config columns by key "
+    "(experiment.json is written with sort_keys), results.csv of a first run in "
+    "param_space order"))
+def test_export_has_the_columns_of_results_csv_in_their_order(
+    experiment: Path, prefect_server: str
+) -> None:
+    """`export` writes "the trial table, as results.csv has it": the same columns, in the
+    same order."""
+    done = run_cli("export", str(experiment), api=prefect_server)
+    assert done.returncode == 0, done.stderr
+    header = done.stdout.splitlines()[0]
+    assert header == (experiment / "results.csv").read_text().splitlines()[0]
+
+
 def test_restore_finishes_an_interrupted_experiment(tmp_path: Path, prefect_server: str) -> None:
     done = run_cli("demo", "--storage-path", str(tmp_path), "--name", "cut", api=prefect_server)
     assert done.returncode == 0, done.stderr
@@ -107,12 +217,60 @@ def test_restore_finishes_an_interrupted_experiment(tmp_path: Path, prefect_serv
     for cached in (tmp_path / "cut" / ".prefect-results").glob(f"*{trial.name[-11:]}"):
         cached.unlink()
     listed = run_cli("ls", str(tmp_path), api=prefect_server)
-    assert "RUNNING 1" in listed.stdout and "TERMINATED 3" in listed.stdout
+    assert listed.returncode == 0, listed.stderr
+    row = ls_rows(listed.stdout)["cut"]
+    assert (row["trials"], row["statuses"]) == ("4", "RUNNING 1, TERMINATED 3")
     restored = run_cli("restore", str(tmp_path / "cut"), "--trainable",
                        "prefect_tune.flows.demo:train_linear", api=prefect_server)
     assert restored.returncode == 0, restored.stderr
-    assert '"TERMINATED": 4' in restored.stdout
-    assert (trial / "trial.json").exists()
+    summary = json.loads(restored.stdout)
+    assert summary["experiment_path"] == str(tmp_path / "cut")
+    assert summary["trials"] == {"TERMINATED": 4}
+    assert json.loads((trial / "trial.json").read_text())["status"] == "TERMINATED"
+
+
+def test_restore_resume_errored_resumes_from_the_latest_checkpoint(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    """`restore --trainable mod:fn --resume-errored`: the errored trial resumes from its
+    checkpoint of step 2 and ends with exactly 3 rows; the finished one is not touched."""
+    gate, log = tmp_path / "gate", tmp_path / "calls"
+    experiment = tmp_path / "runs" / "flaky"
+    grid = Tuner(
+        flaky, param_space={"fail": grid_search([False, True]), "gate": str(gate),
+                            "log": str(log)},
+        tune_config=TuneConfig(metric="loss", mode="min", isolation="thread"),
+        run_config=RunConfig(name="flaky", storage_path=str(tmp_path / "runs")),
+    ).fit()
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED, TrialStatus.ERROR]
+    ok, failed = grid
+    rows_before = failed.metrics_dataframe
+    assert rows_before["step"].tolist() == [1, 2]
+    finished = file_bytes(Path(ok.path))
+    gate.touch()
+
+    done = run_cli("restore", str(experiment), "--trainable", "tests.flaky_trainable:flaky",
+                   "--resume-errored", api=prefect_server, pythonpath=ROOT)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["trials"] == {"TERMINATED": 2}
+    after = Tuner.restore(str(experiment), flaky).get_results()
+    assert [r.status for r in after] == [TrialStatus.TERMINATED, TrialStatus.TERMINATED]
+    resumed = after[1]
+    assert resumed.outcome.attempts == 2
+    frame = resumed.metrics_dataframe
+    assert frame["training_iteration"].tolist() == [1, 2, 3]
+    assert frame["step"].tolist() == [1, 2, 3]
+    assert frame["checkpoint_dir_name"].tolist() == [f"checkpoint_{i:06d}" for i in range(3)]
+    pd.testing.assert_frame_equal(frame.iloc[:2], rows_before)  # kept, not re-reported
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c for c in calls if c[0] == ok.trial_id] == [[ok.trial_id, 1, 1]]
+    assert [c for c in calls if c[0] == failed.trial_id] == [
+        [failed.trial_id, 1, 1], [failed.trial_id, 2, 3]]  # attempt 2 started after step 2
+    assert len(calls) == 3
+    assert (Path(resumed.path) / "error.txt").read_text().count("Failure # ") == 1
+    assert file_bytes(Path(ok.path)) == finished
+    assert list(pd.read_csv(experiment / "results.csv")["status"]) == ["TERMINATED"] * 2
 
 
 def test_a_missing_experiment_is_one_error_line(tmp_path: Path, prefect_server: str) -> None:
@@ -125,11 +283,7 @@ def test_a_missing_experiment_is_one_error_line(tmp_path: Path, prefect_server: 
 def test_ls_and_best_read_an_experiment_on_s3(
     prefect_server: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    import json
-
-    from prefect_tune.flows import TuneConfig, Tuner, grid_search
     from prefect_tune.flows.demo import train_linear
-    from prefect_tune.storage import RunConfig
     from tests.conftest import make_backend
 
     s3 = make_backend("s3", request, tmp_path)
@@ -141,8 +295,9 @@ def test_ls_and_best_read_an_experiment_on_s3(
     options = json.dumps(s3.options)
     listed = run_cli("ls", s3.url, "--storage-options", options, api=prefect_server)
     assert listed.returncode == 0, listed.stderr
-    row = next(line for line in listed.stdout.splitlines() if "on-s3" in line)
-    assert "TERMINATED 2" in row
+    rows = ls_rows(listed.stdout)
+    assert list(rows) == ["on-s3"]
+    assert (rows["on-s3"]["trials"], rows["on-s3"]["statuses"]) == ("2", "TERMINATED 2")
     printed = run_cli("best", f"{s3.url}/on-s3", "--storage-options", options,
                       api=prefect_server)
     assert printed.returncode == 0, printed.stderr

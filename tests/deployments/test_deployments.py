@@ -1,10 +1,15 @@
 """The sweep flow as users run it: `prefect deploy` from deployments/prefect.yaml, a process
 work pool, `prefect worker start --run-once`, storage on the moto S3 server through a saved
-TuneStorage block; then the run's pages rendered by headless Chromium."""
+TuneStorage block; then the run's pages rendered by headless Chromium.
+
+Every test holds alone and in any order: each finds its flow runs by the ids it created,
+waits for what the server makes asynchronously (scheduled runs), and the test that
+replaces the deployments from Python puts the YAML's back."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -27,7 +33,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from tests.conftest import SECRET, s3_options
+from tests.conftest import SECRET, s3_options, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFECT = [sys.executable, "-m", "prefect"]
@@ -51,11 +57,26 @@ class Deployed:
         return prefect("deployment", "run", deployment,
                        *(part for p in params for part in ("--param", p)), api=self.api)
 
+    def start(self, deployment: str, *params: str) -> UUID:
+        """Create a flow run of `deployment`; return its id."""
+        done = self.run(deployment, *params)
+        assert done.returncode == 0, done.stdout + done.stderr
+        found = re.search(r"UUID: ([0-9a-f-]{36})", done.stdout)
+        assert found, done.stdout
+        return UUID(found.group(1))
+
     def work(self) -> None:
         """One worker pass: runs what is due, waits for it, exits."""
         done = prefect("worker", "start", "--pool", "sweeps", "--run-once", api=self.api,
                        timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def deploy_yaml(api: str) -> None:
+    """Create (or put back) both deployments of prefect.yaml."""
+    done = prefect("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
+                   "--all", api=api)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -70,26 +91,23 @@ def deployed(prefect_server: str, moto_endpoint: str) -> Iterator[Deployed]:
     s3fs.S3FileSystem(**options).mkdir(bucket)
     TuneStorage(url=f"s3://{bucket}/runs", storage_options=options).save(
         BLOCK.split("/")[1], overwrite=True)
-    for args in (("work-pool", "create", "sweeps", "--type", "process", "--overwrite"),
-                 ("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
-                  "--all")):
-        done = prefect(*args, api=prefect_server)
-        assert done.returncode == 0, done.stdout + done.stderr
+    done = prefect("work-pool", "create", "sweeps", "--type", "process", "--overwrite",
+                   api=prefect_server)
+    assert done.returncode == 0, done.stdout + done.stderr
+    deploy_yaml(prefect_server)
     yield Deployed(prefect_server, bucket, options)
 
 
 @pytest.fixture(scope="module")
 def sweep_run(deployed: Deployed) -> dict[str, Any]:
     """The on-demand deployment run once with a named experiment on S3."""
-    done = deployed.run("sweep/on-demand", "name=e2e-on-demand", f"storage_block={BLOCK}",
-                        "num_samples=1")
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = deployed.start("sweep/on-demand", "name=e2e-on-demand",
+                            f"storage_block={BLOCK}", "num_samples=1")
     deployed.work()
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name={"any_": ["e2e-on-demand"]}))
-    assert len(runs) == 1
-    return {"flow_run": runs[0]}
+        flow_run = client.read_flow_run(run_id)
+    assert flow_run.name == "e2e-on-demand"
+    return {"flow_run": flow_run}
 
 
 def test_a_deployment_run_writes_its_experiment_to_s3(deployed: Deployed, sweep_run: Any) -> None:
@@ -131,12 +149,16 @@ def test_an_invalid_parameter_is_refused_naming_the_field(deployed: Deployed) ->
 def test_the_scheduled_deployment_has_runs_and_names_experiments_by_time(
     deployed: Deployed,
 ) -> None:
+    """The server's scheduler creates the cron's runs a few seconds after a deploy."""
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("sweep/nightly")
-        scheduled = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        scheduled = wait_for(
+            lambda: client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+            ),
+            bool,
         )
     assert scheduled, "the cron schedule produced no scheduled runs"
     assert all(r.expected_start_time.hour == 2 for r in scheduled)
@@ -150,18 +172,21 @@ def test_the_scheduled_deployment_has_runs_and_names_experiments_by_time(
 def test_a_run_of_the_scheduled_deployment_writes_an_experiment_named_after_it(
     deployed: Deployed,
 ) -> None:
+    import pandas as pd
     import s3fs
 
-    done = deployed.run("sweep/nightly", f"storage_block={BLOCK}", "num_samples=1")
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = deployed.start("sweep/nightly", f"storage_block={BLOCK}", "num_samples=1")
     deployed.work()
-    fs = s3fs.S3FileSystem(**deployed.options)
-    names = [p.rsplit("/", 1)[-1] for p in fs.ls(f"{deployed.bucket}/runs", refresh=True)]
-    nightly = [n for n in names if n.startswith("nightly_")]
-    assert len(nightly) == 1, names
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": nightly}))
-    assert len(runs) == 1 and runs[0].state.type is StateType.COMPLETED
+        flow_run = client.read_flow_run(run_id)
+    assert flow_run.state is not None and flow_run.state.type is StateType.COMPLETED
+    assert flow_run.expected_start_time is not None
+    name = f"nightly_{flow_run.expected_start_time:%Y-%m-%d_%H-%M-%S}"
+    assert flow_run.name == name  # the run is named after its experiment
+    fs = s3fs.S3FileSystem(**deployed.options)
+    with fs.open(f"{deployed.bucket}/runs/{name}/results.csv") as handle:
+        table = pd.read_csv(handle)
+    assert list(table["status"]) == ["TERMINATED"] * 2
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
@@ -198,9 +223,17 @@ def render(url: str) -> str:
     return done.stdout
 
 
+@pytest.fixture
+def yaml_put_back(deployed: Deployed) -> Iterator[None]:
+    """Whatever the test deploys instead, the YAML's deployments are back after it."""
+    yield
+    deploy_yaml(deployed.api)
+
+
+@pytest.mark.usefixtures("yaml_put_back")
 def test_deploy_py_creates_the_deployments_of_prefect_yaml(deployed: Deployed) -> None:
-    """Last in this module: it replaces the two deployments with its own, which must be
-    the same as the YAML's."""
+    """It replaces the two deployments with its own, which must be the same as the
+    YAML's; the YAML's are put back afterwards."""
     import yaml
 
     from prefect_tune.deployments.deploy import SWEEP_PARAMETERS, deploy_sweeps

@@ -1,36 +1,70 @@
-"""A sweep that kills itself: run as `python -m tests.flows.crash_driver DIR fit|restore`.
+"""A sweep that kills itself: run as `python -m tests.flows.crash_driver DIR fit|restore`
+from the repository root.
 
-With CRASH_AT="<event>:<n>" in the environment, the whole process group (the driver and
-its trials' child processes) is SIGKILLed at the n-th occurrence of <event>, counted
-across processes in files under DIR/events. Every call of the trainable is logged to
-DIR/calls with the phase (fit or restore), the trial, the attempt and where it started.
+`fit` runs the deployable `sweep` flow (prefect_tune.flows.sweep:sweep) with the
+trainable `tests.flows.crash_driver:count_up`; `restore` continues it with
+`Tuner.restore`. With CRASH_AT="<event>:<n>" in the environment, the whole process group
+(the driver and its trials' child processes) is SIGKILLed at the n-th occurrence of
+<event>, counted across processes in files under DIR/events; DIR/killed then records the
+event and, when the driver was killed, its flow run id. Every call of the trainable is
+logged to DIR/calls with the phase (fit, restore or retry), the trial, the attempt, where
+it started and whether its checkpoint was committed.
 
-Events: created (experiment.json written), state (a trial.json written), report (a
-trainable calls report), staged (a checkpoint is complete in its staging directory, not
-yet renamed), committed (a checkpoint's row is about to be appended), appended (a row was
-appended), deleting (an evicted checkpoint was moved aside, not yet removed), finished
-(the sweep processed a finished trial), aggregate (results.csv written, results.json not
-yet), publish (results written, artifacts not yet).
+The events are moments of the documented storage protocol (README, "Layout"), seen as
+the file operations that make them, so they name the same moments whatever code
+performs them:
+
+- report: the trainable is about to call report()
+- staged: a checkpoint is complete in its hidden `.checkpoint_NNNNNN.tmp-<hex>/` staging
+  directory, manifest included, and not yet renamed to `checkpoint_NNNNNN/`
+- committed: that rename happened; the checkpoint's result row is not written yet
+- evicting: a kept-no-longer checkpoint is about to be renamed aside (`.deleting-`); the
+  row that evicted it is written
+- deleting: it was renamed aside, not yet removed
+- experiment-json, trial-json, results-csv, results-json: that file was just replaced
+- cached: a trial task's outcome was just written to `.prefect-results/` (Prefect's
+  record, by which a retried flow run finds the trial finished)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from prefect_tune.flows import TuneConfig, Tuner, grid_search
-from prefect_tune.flows.plan import SweepPlan
-from prefect_tune.flows.tuner import tune_flow
-from prefect_tune.storage import Checkpoint, CheckpointConfig, FailureConfig, RunConfig
+# Light imports only: every trial's child process imports this module for count_up.
+from prefect_tune.storage import Checkpoint
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
 STEPS = 4
 NAME = "crashy"
+#: The trainable, as the sweep flow imports it.
+TRAINABLE = "tests.flows.crash_driver:count_up"
+#: The sweep flow's parameters: 3 trials (x = 1, 2, 3) one at a time, each step
+#: checkpointed, keeping the best checkpoint (lowest score: step 1) and the latest.
+PARAMETERS: dict[str, Any] = {
+    "trainable": TRAINABLE,
+    "param_space": {"x": {"grid_search": [1, 2, 3]}},
+    "max_concurrent_trials": 1,
+    "name": NAME,
+    "num_to_keep": 1,
+    "checkpoint_score_attribute": "score",
+    "checkpoint_score_order": "min",
+    "max_failures": 2,
+}
+
+_STAGING = re.compile(r"^\.checkpoint_\d{6}\.tmp-[0-9a-f]+$")
+_COMMITTED = re.compile(r"^checkpoint_\d{6}$")
+_TRASH = re.compile(r"^\.checkpoint_\d{6}\.deleting-")
+#: File name -> the event of its replacement.
+_REPLACED = {"experiment.json": "experiment-json", "trial.json": "trial-json",
+             "results.csv": "results-csv", "results.json": "results-json"}
 
 
 def score(config: dict[str, Any], step: int) -> float:
@@ -39,7 +73,7 @@ def score(config: dict[str, Any], step: int) -> float:
 
 def count_up(config: dict[str, Any]) -> None:
     """Deterministic: reports score = x * step for steps 1..STEPS, a checkpoint each step."""
-    install_hooks(child=True)
+    install_hooks()
     checkpoint = get_checkpoint()
     start, intact = 1, True
     if checkpoint is not None:
@@ -65,91 +99,99 @@ def maybe_crash(event: str) -> None:
     name, _, nth = target.partition(":")
     if name != event:
         return
-    counter = os.path.join(os.environ["CRASH_DIR"], "events", event)
+    directory = os.environ["CRASH_DIR"]
+    counter = os.path.join(directory, "events", event)
     os.makedirs(os.path.dirname(counter), exist_ok=True)
     with open(counter, "ab") as out:
         out.write(b".")
     if os.path.getsize(counter) == int(nth):
+        with open(os.path.join(directory, "killed"), "w", encoding="utf-8") as out:
+            json.dump({"event": target, "flow_run_id": _flow_run_id()}, out)
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
-def _after(owner: Any, name: str, event: str, when: Callable[..., bool] = lambda *a, **k: True) -> None:
+def _flow_run_id() -> str | None:
+    """The flow run this process runs, if it is the driver (trial processes do not
+    import Prefect)."""
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+def _wrap(owner: Any, name: str, before: Callable[..., str | None],
+          after: Callable[..., str | None]) -> None:
+    """Call maybe_crash(event) before and after `owner.name`, for the events `before`
+    and `after` name for its arguments (None: no event)."""
     original = getattr(owner, name)
 
     def patched(*args: Any, **kwargs: Any) -> Any:
+        event = before(*args, **kwargs)
+        if event:
+            maybe_crash(event)
         result = original(*args, **kwargs)
-        if when(*args, **kwargs):
+        event = after(*args, **kwargs)
+        if event:
             maybe_crash(event)
         return result
 
-    setattr(owner, name, patched)
+    setattr(owner, name, functools.update_wrapper(patched, original))
 
 
-def _before(owner: Any, name: str, event: str, when: Callable[..., bool] = lambda *a, **k: True) -> None:
-    original = getattr(owner, name)
-
-    def patched(*args: Any, **kwargs: Any) -> Any:
-        if when(*args, **kwargs):
-            maybe_crash(event)
-        return original(*args, **kwargs)
-
-    setattr(owner, name, patched)
+def _base(path: Any) -> str:
+    return os.path.basename(os.fspath(path).rstrip("/"))
 
 
-def install_hooks(*, child: bool) -> None:
-    """Wrap the storage steps (in every process) and the sweep's steps (in the driver);
-    once per process (the mark lives in a module, not in this pickled-by-value one)."""
-    from prefect_tune.storage import result_log, store
+def _before_move(src: Any, dst: Any, *args: Any, **kwargs: Any) -> str | None:
+    if _STAGING.match(_base(src)) and _COMMITTED.match(_base(dst)):
+        return "staged"
+    if _COMMITTED.match(_base(src)) and _TRASH.match(_base(dst)):
+        return "evicting"
+    return None
 
-    if getattr(store, "_crash_hooks", False):
+
+def _after_move(src: Any, dst: Any, *args: Any, **kwargs: Any) -> str | None:
+    if _STAGING.match(_base(src)) and _COMMITTED.match(_base(dst)):
+        return "committed"
+    if _base(os.path.dirname(os.fspath(dst))) == ".prefect-results":
+        return "cached"
+    return _REPLACED.get(_base(dst))
+
+
+def _before_remove(path: Any, *args: Any, **kwargs: Any) -> str | None:
+    return "deleting" if _TRASH.match(_base(path)) else None
+
+
+def _never(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def install_hooks() -> None:
+    """Watch the file operations of the storage protocol; once per process."""
+    if getattr(os, "_crash_hooks", False):
         return
-    store._crash_hooks = True  # type: ignore[attr-defined]
-
-    _before(os, "rename", "staged", lambda src, dst: ".tmp-" in str(src))
-    _before(shutil, "rmtree", "deleting", lambda path, *a, **k: ".deleting-" in str(path))
-    _before(result_log.ResultLog, "append", "committed",
-            lambda self, row, **k: row.get("checkpoint_dir_name") is not None)
-    _after(result_log.ResultLog, "append", "appended")
-    if child:
-        return
-    from prefect_tune.tasks import bookkeeping
-
-    _after(store.ExperimentStore, "create", "created")
-    _after(store.ExperimentStore, "write_trial_state", "state")
-    _after(bookkeeping.Progress, "advance", "finished")
-    _after(store.ExperimentStore, "write_file", "aggregate",
-           lambda self, name, data: name == "results.csv")
-    _before(bookkeeping, "publish_results", "publish")
-
-
-def plan(directory: str) -> SweepPlan:
-    """3 trials (x = 1, 2, 3) one at a time; keep the best checkpoint and the latest."""
-    return Tuner(
-        count_up, param_space={"x": grid_search([1, 2, 3])},
-        tune_config=TuneConfig(max_concurrent_trials=1),
-        run_config=RunConfig(
-            name=NAME, storage_path=os.path.join(directory, "storage"),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order="min",
-            ),
-            failure_config=FailureConfig(max_failures=2),
-        ),
-    ).plan()
-
-
-#: The entrypoint `prefect flow-run retry --entrypoint` loads (CRASH_PHASE=retry).
-retry_flow = tune_flow(plan(os.environ["CRASH_DIR"])) \
-    if os.environ.get("CRASH_PHASE") == "retry" else None
+    os._crash_hooks = True  # type: ignore[attr-defined]
+    for name in ("rename", "replace"):
+        _wrap(os, name, _before_move, _after_move)
+    _wrap(shutil, "rmtree", _before_remove, _never)
 
 
 def main() -> None:
     directory, phase = sys.argv[1], sys.argv[2]
     os.environ.update(CRASH_DIR=directory, CRASH_PHASE=phase)
-    install_hooks(child=False)
+    install_hooks()
+    storage = os.path.join(directory, "storage")
     if phase == "fit":
-        tune_flow(plan(directory))()
+        from prefect_tune.flows.sweep import sweep
+
+        sweep(**PARAMETERS, storage_path=storage)
     else:
-        Tuner.restore(os.path.join(directory, "storage", NAME), count_up).fit()
+        from prefect_tune.flows import Tuner
+        from tests.flows.crash_driver import count_up as trainable
+
+        Tuner.restore(os.path.join(storage, NAME), trainable).fit()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from prefect_tune.flows import TuneConfig, Tuner, grid_search
@@ -196,16 +197,39 @@ def test_periodic_checkpointing_recovers_a_crashed_class_trial(tmp_path: Path) -
 
 
 def test_restore_continues_a_class_trial_and_needs_its_stop_function(tmp_path: Path) -> None:
-    def stop(trial_id: str, result: dict[str, Any]) -> bool:
-        return bool(result["training_iteration"] >= 3)
+    """A class trial that failed at iteration 3 is refused a restore without its stop
+    function; given it, the restore resumes the trial from checkpoint_000001 and the stop
+    function ends it at iteration 4: iterations 3 and 4 run once, counting on from the
+    loaded total."""
+    seen: list[int] = []
 
-    run(tmp_path, Counter, {"add": 1}, stop=stop,
-        checkpoint_config=CheckpointConfig(checkpoint_frequency=1))
+    def stop(trial_id: str, result: dict[str, Any]) -> bool:
+        seen.append(int(result["training_iteration"]))
+        return bool(result["training_iteration"] >= 4)
+
+    gate = tmp_path / "gate"
+    grid = run(tmp_path, Fragile, {"add": 1, "gate": str(gate)}, stop=stop,
+               checkpoint_config=CheckpointConfig(checkpoint_frequency=1))
+    assert grid[0].status is TrialStatus.ERROR and seen == [1, 2]
+    before = grid[0].metrics_dataframe
     path = str(tmp_path / "exp")
     with pytest.raises(ConfigError, match=r"created with the stop function '.*stop'; pass it"):
-        Tuner.restore(path, Counter, restart_errored=True)
-    restored = Tuner.restore(path, Counter, stop=stop)
-    assert restored.get_results()[0].metrics["total"] == 3
+        Tuner.restore(path, Fragile, resume_errored=True)
+    gate.touch()
+    seen.clear()
+
+    grid = Tuner.restore(path, Fragile, stop=stop, resume_errored=True).fit()
+
+    result = grid[0]
+    assert result.status is TrialStatus.TERMINATED and result.outcome.attempts == 2
+    assert seen == [3, 4]  # the given stop function, once per new result
+    frame = result.metrics_dataframe
+    assert frame["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert frame["total"].tolist() == [1, 2, 3, 4]  # 3 and 4 add to the loaded total of 2
+    assert frame["checkpoint_dir_name"].tolist() == [f"checkpoint_{i:06d}" for i in range(4)]
+    pd.testing.assert_frame_equal(frame.iloc[:2], before)  # rows 1-2 are the first run's
+    assert result.metrics["total"] == 4
+    assert result.checkpoint is not None and result.checkpoint.to_dict() == {"total": 4}
 
 
 def test_the_sweep_flow_runs_a_class_trainable_by_import_path(tmp_path: Path) -> None:

@@ -127,12 +127,23 @@ def test_restart_errored_starts_from_scratch(tmp_path: Path) -> None:
 
 
 def test_resume_unfinished_false_keeps_them_stopped(tmp_path: Path) -> None:
+    """Nothing runs: the trainable was called once each by "ok" and "fail" (and at most
+    once by "later", stopped before or while it waited), and the restore calls it for no
+    trial; "later" stays STOPPED with its attempts."""
     stepper, path = fail_fast_sweep(tmp_path)
+    stored = Tuner.restore(path, stepper).get_results()
+    ok, fail, later = ids(stored)
+    before = stepper.log.calls()
+    assert [c[:2] for c in before if c[0] != later] == [[ok, 1], [fail, 1]]
+    assert len([c for c in before if c[0] == later]) <= 1
 
     grid = Tuner.restore(path, stepper, resume_unfinished=False).fit()
 
-    assert [r.status for r in grid][2] is TrialStatus.STOPPED
-    assert all(c[0] != grid[2].trial_id or c[1] == 1 for c in stepper.log.calls())
+    assert [r.status for r in grid] == [
+        TrialStatus.TERMINATED, TrialStatus.ERROR, TrialStatus.STOPPED,
+    ]
+    assert grid[2].outcome.attempts == stored[2].outcome.attempts
+    assert stepper.log.calls() == before  # no call at all, for any of the 3 trials
 
 
 def test_moved_experiment_restores(tmp_path: Path) -> None:

@@ -21,9 +21,17 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterFlowRunId,
 )
+from prefect.results import ResultRecord
 
 from prefect_tune.flows import TuneConfig, Tuner, grid_search
-from prefect_tune.storage import Checkpoint, CheckpointConfig, RunConfig, TrialStatus
+from prefect_tune.storage import (
+    Checkpoint,
+    CheckpointConfig,
+    RunConfig,
+    TrialError,
+    TrialOutcome,
+    TrialStatus,
+)
 from prefect_tune.tasks import TrialContext, get_checkpoint, get_context, report
 
 from ..conftest import Backend, CallLog, wait_for
@@ -76,8 +84,11 @@ def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> Non
     """
     <storage>/tree/
         experiment.json  results.csv  results.json  .storage-marker.json
-        .prefect-results/        tree-<trial id> (the finished trial's cached outcome), and
-                                 one record of the failed trial's exception
+        .prefect-results/        exactly 2 records of Prefect's: tree-<trial id> (the
+                                 finished trial's outcome, under its cache key) and
+                                 <32 hex> (the failed trial's TrialError: one failed
+                                 task run, not retried, and Prefect names a failure's
+                                 record with a fresh uuid4)
         trainer_<5 hex>_00000/   trial.json params.json result.json progress.csv
                                  events.out.tfevents.<time>.<host>.<ns> (TensorBoard)
                                  checkpoint_000000/ (.checkpoint.json, checkpoint.json)
@@ -117,11 +128,19 @@ def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> Non
         for index in kept:
             directory = f"{trial}/checkpoint_{index:06d}"
             expected += [f"{directory}/", *[f"{directory}/{f}" for f in checkpoint_files]]
+    expected.append(".prefect-results/<uuid4 hex>")
     found = [re.sub(r"/events\.out\.tfevents\.\d+\.[^/]+$", "/events", p) for p in tree(root)]
-    failure_records = [p for p in found if p.startswith(".prefect-results/")
-                       and p not in expected]
-    assert len(failure_records) == 1
-    assert sorted(p for p in found if p not in failure_records) == sorted(expected)
+    found = [re.sub(r"^\.prefect-results/[0-9a-f]{32}$", ".prefect-results/<uuid4 hex>", p)
+             for p in found]
+    assert sorted(found) == sorted(expected)
+    records = {p.name: ResultRecord.deserialize(p.read_bytes()).result
+               for p in (root / ".prefect-results").iterdir()}
+    outcome = records.pop(f"tree-{ok_id}")
+    assert isinstance(outcome, TrialOutcome)
+    assert (outcome.trial_name, outcome.status) == (ok, TrialStatus.TERMINATED)
+    ((_, failure),) = records.items()
+    assert isinstance(failure, TrialError)
+    assert (failure.outcome.trial_name, failure.outcome.status) == (failed, TrialStatus.ERROR)
     assert json.loads((root / ok / "params.json").read_text()) == {"fail": False}
     error = (root / failed / "error.txt").read_text()
     assert error.startswith("Failure # 1 (occurred at ")
