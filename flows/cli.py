@@ -13,7 +13,12 @@ from rich.console import Console
 from rich.progress import track
 
 from prefect_tune.flows.demo import run_demo
-from prefect_tune.flows.experiments import list_experiments, open_experiment, read_experiment
+from prefect_tune.flows.experiments import (
+    Experiment,
+    list_experiments,
+    open_experiment,
+    read_experiment,
+)
 from prefect_tune.flows.sweep import load_trainable
 from prefect_tune.flows.tuner import Tuner
 from prefect_tune.storage import ConfigError, SweepError, resolve_storage
@@ -54,10 +59,12 @@ def _options(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         options = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--storage-options is not JSON ({exc}): {text!r}") from None
+    except json.JSONDecodeError as exc:  # its message names a position, never the text
+        raise ConfigError(f"--storage-options is not valid JSON ({exc.msg} at line "
+                          f"{exc.lineno} column {exc.colno}); pass a JSON object") from None
     if not isinstance(options, dict):
-        raise ConfigError(f"--storage-options must be a JSON object, got {text!r}")
+        raise ConfigError(f"--storage-options must be a JSON object, not a JSON "
+                          f"{type(options).__name__}")
     return options
 
 
@@ -70,6 +77,11 @@ def list_command(storage: str, /, *, storage_options: Options = None) -> None:
         storage: A storage path or URL (the storage_path of the sweeps).
     """
     where = resolve_storage(storage, _options(storage_options))
+    if not where.isdir(where.root):
+        raise ConfigError(
+            f"{where.url} is {'a file' if where.exists(where.root) else 'not there'}: pass "
+            "the directory (or bucket prefix) the sweeps' storage_path named"
+        )
     stores = list(list_experiments(where))
     if not stores:
         print(f"no experiments in {where.url}")
@@ -96,6 +108,7 @@ def show(experiment: str, /, *, storage_options: Options = None) -> None:
         experiment: The experiment directory: <storage_path>/<name>.
     """
     found = open_experiment(experiment, _options(storage_options))
+    _warn_missing(found)
     frame = found.frame()
     print(frame.astype(object).where(frame.notna(), "").to_string(index=False))
     best = found.grid().summary().get("best")
@@ -116,7 +129,9 @@ def best(
         metric: Ranks trials; default: the sweep's metric.
         mode: "min" or "max"; default: the sweep's mode.
     """
-    grid = open_experiment(experiment, _options(storage_options)).grid()
+    found = open_experiment(experiment, _options(storage_options))
+    _warn_missing(found)
+    grid = found.grid()
     result = grid.get_best_result(metric, mode)
     checkpoint = grid.best_checkpoint(result)
     if checkpoint is None:
@@ -159,6 +174,13 @@ def export(
         output: The file to write; default: standard output (csv and json only).
     """
     frame = open_experiment(experiment, _options(storage_options)).frame()
+    if output is not None and (os.path.isdir(output)
+                               or not os.path.isdir(os.path.dirname(os.path.abspath(output)))):
+        raise ConfigError(
+            f"--output {output!r} is a directory; name a file" if os.path.isdir(output) else
+            f"--output {output!r}: the directory {os.path.dirname(os.path.abspath(output))} "
+            "does not exist; create it first"
+        )
     if format == "parquet":
         if output is None:
             raise ConfigError("--format parquet needs --output FILE (Parquet is binary)")
@@ -176,6 +198,12 @@ def export(
     else:
         with open(output, "w", encoding="utf-8") as handle:
             handle.write(text)
+
+
+def _warn_missing(found: Experiment) -> None:
+    if found.missing:
+        print(f"prefect-tune: warning: {len(found.missing)} recorded checkpoints are gone "
+              f"from storage: {', '.join(found.missing)}", file=sys.stderr)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ submitted at a time, whatever the flow's task runner.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any, cast
@@ -20,10 +21,12 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
-from prefect_tune.flows.results import Result, ResultGrid
+from prefect_tune.flows.results import Result, ResultGrid, metric_column
 from prefect_tune.storage import (
     ConfigError,
+    ExperimentBusy,
     ExperimentStore,
+    StorageError,
     TrialError,
     TrialOutcome,
     TrialStatus,
@@ -31,6 +34,7 @@ from prefect_tune.storage import (
     TuneStorage,
 )
 from prefect_tune.storage.layout import PREFECT_RESULTS
+from prefect_tune.storage.scratch import clean_scratch
 from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks import bookkeeping
 from prefect_tune.tasks.plan import TrialPlan
@@ -62,15 +66,44 @@ def _open(plan: SweepPlan, store: ExperimentStore) -> tuple[ExperimentRecord, Re
 
 
 def run_sweep(plan: SweepPlan) -> ResultGrid:
-    """Probe storage, run the selected trials as tasks, then write results and artifacts."""
+    """Probe storage, take the experiment's lease, run the selected trials as tasks, then
+    write results and artifacts.
+
+    Raises:
+        ExperimentBusy: another run holds the experiment, or took it over mid-run (the
+            trials were then stopped and no results were written).
+    """
     logger = get_run_logger()
     _tag_flow_run(plan.name)
-    run, tune = plan.run_config, plan.tune_config
     store = ExperimentStore(plan.storage, plan.name)
     store.probe()
+    lease = store.lease(str(flow_run.id) if flow_run.id else None, logger)
+    stop, lost = threading.Event(), []
+
+    def on_lost(error: ExperimentBusy) -> None:
+        logger.error("%s; stopping the trials", error)
+        lost.append(error)
+        stop.set()
+
+    try:
+        lease.keep(on_lost)
+        store.remove_leftovers()
+        clean_scratch()
+        return _sweep(plan, store, stop, lost)
+    finally:
+        lease.release()
+
+
+def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
+           lost: list[ExperimentBusy]) -> ResultGrid:
+    logger = get_run_logger()
+    run, tune = plan.run_config, plan.tune_config
     record, resume = _open(plan, store)
     trials = plan_trials(
-        record.trials, store.read_trial_states(record.trials) if resume else [], resume
+        record.trials,
+        store.read_outcomes(record.trials, plan.ranking, run.checkpoint_config.num_to_keep)
+        if resume else [],
+        resume,
     )
     for outcome in trials.stopped:
         store.write_trial_state(outcome)
@@ -78,8 +111,9 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
     trial_plan = TrialPlan(
         plan.trainable, store, run.checkpoint_config, plan.ranking,
         max_failures=max_failures, isolation=tune.isolation, stop_condition=run.stop,
-        tensorboard=run.tensorboard, sync_config=run.sync_config, local_dir=run.local_dir,
-        marker=store.mark(),
+        tensorboard=run.tensorboard, sync_config=run.sync_config,
+        local_dir=cast(str | None, run.local_dir),  # a str after RunConfig's checks
+        marker=store.mark(), stop=stop,
     )
     logger.info(
         "sweep %s: %d trials (%d to run), %d at a time, storage %s",
@@ -98,16 +132,19 @@ def run_sweep(plan: SweepPlan) -> ResultGrid:
         outcomes[outcome.trial_id] = outcome
         progress.advance(len(outcomes))
         if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
-                and not trial_plan.stop.is_set():
+                and not stop.is_set():
             logger.error("fail_fast: trial %s failed; stopping the sweep", outcome.trial_name)
-            trial_plan.stop.set()
+            stop.set()
+    if lost:
+        raise lost[0]
     grid = ResultGrid([Result(outcomes[spec.trial_id], store) for spec in record.trials],
                       store.path, tune.metric, tune.mode, plan.ranking)
     frame = grid.get_dataframe()
     bookkeeping.write_results(store, frame)
     best = grid.best_or_none()
     bookkeeping.publish_results(plan.name, store, frame, best.outcome if best else None,
-                                tune.metric, tune.mode)
+                                tune.metric, tune.mode,
+                                metric_column(tune.metric) if tune.metric else None)
     logger.info("sweep %s finished: %s; results in %s", plan.name, describe(grid), store.path)
     return grid
 
@@ -177,12 +214,22 @@ def _run_window(
 def _record(store: ExperimentStore, work: TrialWork, status: TrialStatus,
             error: str | None = None) -> TrialOutcome:
     """Record, for a trial that could not, that it ended `status`; what its stored
-    record holds (attempts, metrics, checkpoints) is kept."""
+    record holds (attempts, metrics, checkpoints) is kept. A storage fault here is
+    logged: it fails this trial's record, never the sweep."""
     spec = work.spec
-    base = store.read_trial_state(spec) or work.prior or \
+    try:
+        stored = store.read_trial_state(spec)
+    except StorageError as exc:
+        get_run_logger().error("%s", exc)
+        stored = None
+    base = stored or work.prior or \
         TrialOutcome(spec.trial_id, spec.trial_name, spec.config, status, attempts=0)
     outcome = replace(base, status=status, error=error or base.error)
-    store.write_trial_state(outcome)
+    try:
+        store.write_trial_state(outcome)
+    except StorageError as exc:
+        get_run_logger().error("could not record trial %s as %s: %s", spec.trial_name,
+                               status.value, exc)
     return outcome
 
 
@@ -194,9 +241,12 @@ def _outcome(future: PrefectFuture[Any], work: TrialWork, store: ExperimentStore
         return exc.outcome
     except TrialStopped:  # the trial recorded itself as STOPPED
         spec = work.spec
-        return store.read_trial_state(spec) or TrialOutcome(
-            spec.trial_id, spec.trial_name, spec.config, TrialStatus.STOPPED
-        )
+        try:
+            stored = store.read_trial_state(spec)
+        except StorageError:
+            stored = None
+        return stored or TrialOutcome(spec.trial_id, spec.trial_name, spec.config,
+                                      TrialStatus.STOPPED)
     except Exception as exc:  # noqa: BLE001 - a crashed trial must not end the sweep
         # The task failed before it could record itself (its host cannot see the
         # storage, or its worker died): the sweep records it.

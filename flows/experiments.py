@@ -6,9 +6,11 @@ holding experiment.json, wherever it was copied to.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,19 +26,21 @@ from prefect_tune.storage import (
     TrialStatus,
     resolve_storage,
 )
-from prefect_tune.storage.layout import EXPERIMENT_STATE, PARAMS
+from prefect_tune.storage.layout import EXPERIMENT_STATE, MANIFEST, PARAMS
 from prefect_tune.storage.state import ExperimentRecord
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """A stored experiment, read back: its record, every trial's outcome, and when any of
-    its files last changed."""
+    """A stored experiment, read back: its record, every trial's outcome, when any of its
+    files last changed, and the URIs of recorded checkpoints that are gone from storage
+    (deleted by hand or by a lifecycle rule; the outcomes no longer list them)."""
 
     store: ExperimentStore
     record: ExperimentRecord
     outcomes: tuple[TrialOutcome, ...]
     updated: datetime | None
+    missing: tuple[str, ...] = ()
 
     @property
     def statuses(self) -> Counter[str]:
@@ -52,14 +56,18 @@ class Experiment:
         return self.grid().get_dataframe()
 
 
-def experiment_store(path: str, storage_options: Mapping[str, Any] | None = None
-                     ) -> ExperimentStore:
-    """The store of the experiment directory `path` (`<storage_path>/<name>`).
+def experiment_store(path: str | os.PathLike[str],
+                     storage_options: Mapping[str, Any] | None = None) -> ExperimentStore:
+    """The store of the experiment directory `path` (`<storage_path>/<name>`; a local
+    path may be relative).
 
     Raises:
         ConfigError: `path` names no directory inside a storage.
     """
-    parent, _, name = path.rstrip("/").rpartition("/") if isinstance(path, str) else ("", "", "")
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+    if text and "://" not in text and "::" not in text:
+        text = os.path.abspath(os.path.expanduser(text))
+    parent, _, name = text.rstrip("/").rpartition("/")
     if not name or not parent or parent.endswith(":/"):
         raise ConfigError(
             f"path={path!r} is not an experiment directory; pass <storage_path>/<name>, the "
@@ -68,7 +76,8 @@ def experiment_store(path: str, storage_options: Mapping[str, Any] | None = None
     return ExperimentStore(resolve_storage(parent, storage_options), name)
 
 
-def read_record(store: ExperimentStore, path: str | None = None) -> ExperimentRecord:
+def read_record(store: ExperimentStore, path: str | os.PathLike[str] | None = None
+                ) -> ExperimentRecord:
     """The experiment's experiment.json.
 
     Raises:
@@ -78,12 +87,13 @@ def read_record(store: ExperimentStore, path: str | None = None) -> ExperimentRe
         return store.read_experiment()
     except FileNotFoundError:
         raise ConfigError(
-            f"no experiment at {path or store.path!r} ({store.path}/{EXPERIMENT_STATE} does "
+            f"no experiment at {os.fspath(path) if path else store.path!r} "
+            f"({store.path}/{EXPERIMENT_STATE} does "
             "not exist); pass the directory a sweep wrote: <storage_path>/<name>"
         ) from None
 
 
-def open_experiment(path: str, storage_options: Mapping[str, Any] | None = None) -> Experiment:
+def open_experiment(path: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Experiment:
     """Read the experiment at `path` (a directory holding experiment.json).
 
     Raises:
@@ -92,24 +102,40 @@ def open_experiment(path: str, storage_options: Mapping[str, Any] | None = None)
     return read_experiment(experiment_store(path, storage_options), path)
 
 
-def read_experiment(
-    store: ExperimentStore, path: str | None = None, *, scan: bool = True
-) -> Experiment:
-    """Every trial's outcome as stored now. With `scan`, one listing of the experiment
-    also tells which trials without trial.json have started (RUNNING, not PENDING) and
-    when any file last changed."""
+def read_experiment(store: ExperimentStore, path: str | os.PathLike[str] | None = None
+                    ) -> Experiment:
+    """Every trial's outcome as stored now, from one listing of the experiment (which also
+    tells which trials without trial.json have started, RUNNING rather than PENDING, and
+    which recorded checkpoints are gone: those are dropped from the outcomes, logged as a
+    warning and listed in `missing`)."""
     record = read_record(store, path)
-    files = _files(store.storage, store.layout.root) if scan else {}
-    outcomes = tuple(
-        stored or TrialOutcome(
-            spec.trial_id, spec.trial_name, spec.config,
-            TrialStatus.RUNNING if store.trial(spec.trial_name).file(PARAMS) in files
-            else TrialStatus.PENDING,
+    checkpoints = stored_configs(record)[1]
+    files = _files(store.storage, store.layout.root)
+    stored = store.read_outcomes(record.trials, stored_ranking(record), checkpoints.num_to_keep)
+    outcomes, missing = [], []
+    for spec, outcome in zip(record.trials, stored, strict=True):
+        trial = store.trial(spec.trial_name)
+        if outcome is None:
+            started = trial.file(PARAMS) in files
+            outcome = TrialOutcome(spec.trial_id, spec.trial_name, spec.config,
+                                   TrialStatus.RUNNING if started else TrialStatus.PENDING,
+                                   attempts=int(started))
+        gone = [r for r in outcome.checkpoints
+                if f"{trial.root}/{r.dir_name}/{MANIFEST}" not in files]
+        if gone:
+            missing += [trial.checkpoint(r.index).path for r in gone]
+            outcome = replace(
+                outcome, checkpoints=tuple(r for r in outcome.checkpoints if r not in gone),
+                best_checkpoints=tuple(r for r in outcome.best_checkpoints if r not in gone),
+            )
+        outcomes.append(outcome)
+    if missing:
+        logging.getLogger("prefect_tune").warning(
+            "%d recorded checkpoints of %s are gone from storage (deleted by hand or by a "
+            "lifecycle rule): %s", len(missing), store.path, ", ".join(missing),
         )
-        for spec, stored in zip(record.trials, store.read_trial_states(record.trials),
-                                strict=True)
-    )
-    return Experiment(store, record, outcomes, max(files.values(), default=None))
+    return Experiment(store, record, tuple(outcomes), max(files.values(), default=None),
+                      tuple(missing))
 
 
 def list_experiments(storage: Storage) -> Iterator[ExperimentStore]:
@@ -121,15 +147,14 @@ def list_experiments(storage: Storage) -> Iterator[ExperimentStore]:
 
 
 def _files(storage: Storage, root: str) -> dict[str, datetime]:
-    """Path -> modification time of every file of the experiment and its trial dirs
-    (not inside checkpoints). One recursive listing: on object stores a depth limit would
-    cost a request per directory instead."""
+    """Path -> modification time of every file of the experiment and its trial dirs, and
+    of the checkpoint manifests. One recursive listing: on object stores a depth limit
+    would cost a request per directory instead."""
     depth = root.rstrip("/").count("/") + 2
     files = {}
     for path, info in storage.find(root).items():
-        when = _mtime(info)
-        if path.count("/") <= depth and when is not None:
-            files[path] = when
+        if path.count("/") <= depth or path.endswith(f"/{MANIFEST}"):
+            files[path] = _mtime(info) or datetime.fromtimestamp(0, tz=UTC)
     return files
 
 

@@ -22,6 +22,7 @@ from prefect_tune.storage import (
     Ranking,
     RunConfig,
     Storage,
+    StorageError,
     TrialOutcome,
     TrialSpec,
     TrialStatus,
@@ -125,7 +126,7 @@ def plan_trials(specs: Sequence[TrialSpec], stored: Sequence[TrialOutcome | None
             work.append(TrialWork(spec, outcome))
         else:
             base = outcome or TrialOutcome(spec.trial_id, spec.trial_name, spec.config,
-                                           TrialStatus.STOPPED)
+                                           TrialStatus.STOPPED, attempts=0)
             stopped.append(replace(base, status=TrialStatus.STOPPED))
     return TrialsPlan(tuple(kept), tuple(stopped), tuple(work))
 
@@ -164,12 +165,22 @@ def stop_to_json(stop: StopCondition) -> dict[str, Any] | None:
 
 
 def stored_configs(record: ExperimentRecord) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
-    """The settings a stored experiment was created with."""
-    return (
-        TuneConfig(**record.tune),
-        CheckpointConfig(**record.run["checkpoint_config"]),
-        FailureConfig(**record.run["failure_config"]),
-    )
+    """The settings a stored experiment was created with.
+
+    Raises:
+        StorageError: a setting this version does not know or accept, naming the file.
+    """
+    try:
+        return (
+            TuneConfig(**record.tune),
+            CheckpointConfig(**record.run["checkpoint_config"]),
+            FailureConfig(**record.run["failure_config"]),
+        )
+    except (TypeError, KeyError, ConfigError) as exc:
+        raise StorageError(
+            f"{record.where or 'experiment.json'} holds settings this prefect-tune cannot "
+            f"use ({exc}); it was written by another version, or damaged"
+        ) from exc
 
 
 def stored_ranking(record: ExperimentRecord) -> Ranking:

@@ -212,7 +212,7 @@ class ResultGrid:
                 "trial_name": outcome.trial_name,
                 "status": outcome.status.value,
                 **{f"config/{k}": _cell(v) for k, v in flatten(outcome.config).items()},
-                **{k: _cell(v) for k, v in metrics.items() if k not in LEADING + TRAILING},
+                **{metric_column(k): _cell(v) for k, v in metrics.items()},
                 "best_score": outcome.best_score,
                 "num_checkpoints": len(outcome.checkpoints),
                 "best_checkpoint": best.path if best else None,
@@ -243,6 +243,15 @@ def _scope_value(result: Result, metric: str, mode: str, scope: str) -> float | 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metric_column(name: str) -> str:
+    """The trial table's column of metric `name`: the name itself, or "metric/<name>" for
+    a name that is a fixed column or starts with config/ or metric/, so that no metric
+    ever replaces a fixed value or another metric."""
+    if name in LEADING + TRAILING or name.startswith(("config/", "metric/")):
+        return f"metric/{name}"
+    return name
 
 
 def _cell(value: Any) -> Any:

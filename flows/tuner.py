@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
@@ -43,7 +45,8 @@ class Tuner:
         trainable: A function taking the trial's config dict; it calls `report()`.
         param_space: The search space: plain values, nested dicts, and domains.
         tune_config: How to search and rank.
-        run_config: Where to store and what to keep.
+        run_config: Where to store and what to keep; default: the trainable's own
+            `run_config` (a `Trainer`'s), else RunConfig().
 
     Example:
         >>> from prefect_tune.flows import Tuner, TuneConfig, grid_search
@@ -74,7 +77,9 @@ class Tuner:
         self.trainable = trainable
         self.param_space = param_space
         self.tune_config = tune_config or TuneConfig()
-        run_config = run_config or RunConfig()
+        if run_config is None:  # a Trainer brings its own
+            own = getattr(trainable, "run_config", None)
+            run_config = own if isinstance(own, RunConfig) else RunConfig()
         if run_config.name is None:
             run_config = replace(run_config, name=default_experiment_name(
                 trainable_name(trainable), datetime.now()))
@@ -145,7 +150,7 @@ class Tuner:
     @classmethod
     def restore(
         cls,
-        path: str,
+        path: str | os.PathLike[str],
         trainable: Callable[[dict[str, Any]], Any],
         *,
         resume_unfinished: bool = True,
@@ -190,7 +195,8 @@ class Tuner:
         )
 
     @staticmethod
-    def can_restore(path: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    def can_restore(path: str | os.PathLike[str],
+                    storage_options: Mapping[str, Any] | None = None) -> bool:
         """Whether `path` holds an experiment that `Tuner.restore` can read."""
         try:
             read_record(experiment_store(path, storage_options), path)
@@ -205,7 +211,7 @@ class Tuner:
             ConfigError: the experiment does not exist (yet).
         """
         store = ExperimentStore(self.plan().storage, cast(str, self.run_config.name))
-        return read_experiment(store, scan=False).grid()
+        return read_experiment(store).grid()
 
 
 def trainable_name(trainable: object) -> str:
@@ -219,6 +225,14 @@ def check_trainable(trainable: object, checkpoints: CheckpointConfig) -> None:
     Raises:
         ConfigError: naming the setting and what a function does instead.
     """
+    if inspect.isasyncgenfunction(trainable) or inspect.isasyncgenfunction(
+        type(trainable).__call__  # a callable object's own method
+    ):
+        raise ConfigError(
+            f"trainable {trainable_name(trainable)!r} is an async generator: use a function "
+            "(or `async def`) that calls report() for each result, or a generator that "
+            "yields them"
+        )
     if is_class_trainable(trainable):
         return
     for name, value in (("checkpoint_frequency", checkpoints.checkpoint_frequency),

@@ -11,6 +11,7 @@ from prefect_tune.storage.config import CheckpointConfig, FailureConfig, RunConf
 from prefect_tune.storage.errors import (
     CheckpointError,
     ConfigError,
+    ExperimentBusy,
     MetricError,
     OutsideTrialError,
     RankFailed,
@@ -37,6 +38,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointRecord",
     "ConfigError",
+    "ExperimentBusy",
     "ExperimentStore",
     "FailureConfig",
     "MetricError",

@@ -19,6 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from prefect_tune.storage.errors import CheckpointError, MetricError
 from prefect_tune.storage.layout import DICT_FILE, DICT_PICKLE_FILE, MANIFEST
 from prefect_tune.storage.records import to_json_value
+from prefect_tune.storage.scratch import scratch_dir
 
 
 class Checkpoint:
@@ -59,7 +60,7 @@ class Checkpoint:
         Values JSON cannot hold are refused unless `allow_pickle=True`, which stores a
         pickle instead (and `to_dict` then needs `allow_pickle=True` too).
         """
-        directory = tempfile.mkdtemp(prefix="prefect-tune-dict-")
+        directory = scratch_dir("dict-")
         try:
             write_dict(directory, data, allow_pickle=allow_pickle)
         except BaseException:
@@ -99,7 +100,7 @@ class Checkpoint:
         if isinstance(self.filesystem, LocalFileSystem) and not self._is_stored():
             yield self._fs_path
             return
-        directory = self.to_directory()
+        directory = self.to_directory(scratch_dir("checkpoint-"))
         try:
             yield directory
         finally:
@@ -110,8 +111,13 @@ class Checkpoint:
         base = self._fs_path
         fs = self.filesystem
         if fs.exists(f"{base}/{DICT_FILE}"):
-            loaded = json.loads(fs.cat_file(f"{base}/{DICT_FILE}"))
-            return dict(loaded)
+            try:
+                return dict(json.loads(fs.cat_file(f"{base}/{DICT_FILE}")))
+            except (ValueError, TypeError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {self.path}: {DICT_FILE} is not a JSON object ({exc}); the "
+                    "file is damaged: use another checkpoint"
+                ) from exc
         if fs.exists(f"{base}/{DICT_PICKLE_FILE}"):
             if not allow_pickle:
                 raise CheckpointError(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from prefect_tune.storage.errors import ConfigError
 from prefect_tune.storage.sync import SyncConfig
@@ -147,7 +148,7 @@ class RunConfig:
     """
 
     name: str | None = None
-    storage_path: str | None = None
+    storage_path: str | os.PathLike[str] | None = None
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
     storage_block: Any = None
     checkpoint_config: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -155,9 +156,12 @@ class RunConfig:
     stop: StopCondition = None
     tensorboard: bool = True
     sync_config: SyncConfig = field(default_factory=SyncConfig)
-    local_dir: str | None = None
+    local_dir: str | os.PathLike[str] | None = None
 
     def __post_init__(self) -> None:
+        for name in ("storage_path", "local_dir"):  # pathlib paths are paths too
+            if isinstance(getattr(self, name), os.PathLike):
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
         self._check_sync()
         _check_stop(self.stop)
         if not isinstance(self.tensorboard, bool):
@@ -189,7 +193,7 @@ class RunConfig:
     @property
     def target(self) -> str | None:
         """Where results go when no block is given: storage_path, or upload_dir."""
-        return self.storage_path or self.sync_config.upload_dir
+        return cast(str | None, self.storage_path) or self.sync_config.upload_dir
 
     def _check_sync(self) -> None:
         sync = self.sync_config

@@ -32,6 +32,10 @@ class StorageNotShared(StorageError):
     machine); not retried, since the trial would fail the same way there again."""
 
 
+class ExperimentBusy(SweepError, RuntimeError):
+    """Another run holds the experiment's lease: one run at a time may write it."""
+
+
 class CheckpointError(SweepError, ValueError):
     """A checkpoint cannot be created, read or converted."""
 

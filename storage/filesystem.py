@@ -8,11 +8,14 @@ never part of a repr, a log line or a file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import stat
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +29,8 @@ from prefect_tune.storage.errors import ConfigError, StorageError
 from prefect_tune.storage.layout import MANIFEST, token
 
 _PROBE_BYTES = b"prefect-tune storage probe\n"
+#: Characters fsspec expands as glob patterns where it takes several paths.
+_GLOB = re.compile(r"[*?\[]")
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,29 +110,103 @@ class Storage:
         content survives a power loss too; state files need that, files derived from
         them do not (an object-store PUT is durable when it returns either way).
         """
-        if self.is_local:
-            write_local_atomic(path, data, durable=durable)
-        else:
-            self.fs.pipe_file(path, data)
+        try:
+            if self.is_local:
+                write_local_atomic(path, data, durable=durable)
+            else:
+                self.fs.pipe_file(path, data)
+        except Exception as exc:  # any backend failure, named: the file and the cause
+            raise self.error("write", path, exc) from exc
+
+    def create(self, path: str, data: bytes) -> bool:
+        """Write `path` only if it does not exist yet, atomically; False if it does.
+        Locally a complete temp file is hard-linked into place; object stores get a PUT
+        with If-None-Match (enforced by S3; memory:// is one process)."""
+        try:
+            if not self.is_local:
+                self.fs.pipe_file(path, data, mode="create")
+                return True
+            temp = f"{path}.tmp-{token()}"
+            write_local_atomic(temp, data)
+            try:
+                os.link(temp, path)
+            finally:
+                os.unlink(temp)
+            return True
+        except FileExistsError:
+            return False
+        except Exception as exc:
+            raise self.error("write", path, exc) from exc
 
     def read_bytes(self, path: str) -> bytes:
-        return bytes(self.fs.cat_file(path))
+        """The content of `path`.
+
+        Raises:
+            FileNotFoundError: there is no such file.
+            StorageError: it could not be read (naming the file and the cause).
+        """
+        try:
+            return bytes(self.fs.cat_file(path))
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise self.error("read", path, exc) from exc
 
     def read_many(self, paths: list[str]) -> dict[str, bytes]:
         """The content of each of `paths` that exists, by path; concurrent on object
-        stores."""
-        found = self.fs.cat(paths, on_error="omit") if paths else {}
-        return {self.fs._strip_protocol(k): bytes(v) for k, v in found.items()}
+        stores. Paths are literal (no glob patterns).
+
+        Raises:
+            StorageError: a file exists but could not be read.
+        """
+        if not paths:
+            return {}
+        found = self.fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths),
+                                   on_error="return")
+        out = {}
+        for path, data in zip(paths, found, strict=True):
+            if isinstance(data, FileNotFoundError):
+                continue
+            if isinstance(data, BaseException):
+                raise self.error("read", path, data) from data
+            out[path] = bytes(data)
+        return out
 
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(path))
 
+    def isdir(self, path: str) -> bool:
+        return bool(self.fs.isdir(path))
+
     def remove(self, path: str) -> None:
-        """Delete the file or tree `path`; nothing there is fine."""
+        """Delete the file or tree `path` (a literal path, never a glob pattern); nothing
+        there is fine."""
         try:
-            self.fs.rm(path, recursive=True)
+            if self.is_local or not _GLOB.search(path):
+                self.fs.rm(path, recursive=True)
+                return
+            for file in self.find(path):  # fsspec's rm would expand "[", "*", "?"
+                self.fs.rm_file(file)
         except FileNotFoundError:
             pass
+
+    def remove_leftovers(self, root: str, is_leftover: Callable[[str], bool]) -> None:
+        """Remove files named `is_leftover` in `root` and, locally, one level below it:
+        killed local writers leave temp files in trial directories, object stores (whose
+        PUTs are atomic) only the probe's in `root`."""
+        directories = [root]
+        if self.is_local:
+            directories += [os.path.join(root, name) for name in self.listdir(root)
+                            if os.path.isdir(os.path.join(root, name))]
+        for directory in directories:
+            for name in self.listdir(directory):
+                if is_leftover(name):
+                    self.remove(f"{directory}/{name}")
+
+    def error(self, action: str, path: str, exc: BaseException) -> StorageError:
+        """A StorageError for a failed `action` on `path`: the URI, the cause and, for a
+        local path, what to check (a full disk, permissions, a read-only mount)."""
+        return storage_error(action, self.uri(path), exc, path if self.is_local else None)
 
     def find(self, path: str) -> dict[str, dict[str, Any]]:
         """Every file under `path` with its details, listed afresh (files written behind
@@ -161,11 +240,19 @@ class Storage:
         renamed to `final`. On object stores the files are uploaded to `final` and the
         manifest is PUT last. Either way `final` counts as committed only once it holds
         the manifest; a crash before that leaves nothing a reader takes for a checkpoint.
+
+        Raises:
+            StorageError: naming the checkpoint and the cause (a full disk, ...); nothing
+                of it is left behind.
         """
         files, manifest = checkpoint_manifest(source)
         try:
             if self.is_local:
-                shutil.copytree(source, staging)
+                for rel in files:
+                    target = os.path.join(staging, *rel.split("/"))
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copy2(os.path.join(source, rel), target)
+                os.makedirs(staging, exist_ok=True)
                 with open(os.path.join(staging, MANIFEST), "wb") as handle:
                     handle.write(manifest)
                 os.rename(staging, final)
@@ -176,8 +263,10 @@ class Storage:
                     [f"{final}/{rel}" for rel in files],
                 )
             self.fs.pipe_file(f"{final}/{MANIFEST}", manifest)
-        except BaseException:
+        except BaseException as exc:
             self._remove_quietly(staging if self.is_local else final)
+            if isinstance(exc, Exception) and not isinstance(exc, StorageError):
+                raise self.error("write checkpoint", final, exc) from exc
             raise
 
     def _remove_quietly(self, path: str) -> None:
@@ -193,19 +282,16 @@ class Storage:
 
         Locally it is renamed to `trash` (atomic) and then removed; on object stores the
         manifest goes first, then the rest. Idempotent: calling it again after a partial
-        failure finishes the job (pass the same `trash`).
-
-        Raises:
-            FileNotFoundError: nothing of `path` (or `trash`) is left.
+        failure finishes the job (pass the same `trash`); nothing left is fine.
         """
         if self.is_local:
             if os.path.isdir(path):
                 os.rename(path, trash)
-            shutil.rmtree(trash)
+            self.remove(trash)
             return
         if self.fs.exists(f"{path}/{MANIFEST}"):
             self.fs.rm_file(f"{path}/{MANIFEST}")
-        self.fs.rm(path, recursive=True)
+        self.remove(path)
 
     def probe(self, path: str) -> None:
         """Write, read back and delete the small object `path`.
@@ -215,21 +301,26 @@ class Storage:
         """
         directory = path.rsplit("/", 1)[0]
         try:
-            self.write_bytes(path, _PROBE_BYTES)
-            if self.read_bytes(path) != _PROBE_BYTES:
+            if self.is_local:
+                write_local_atomic(path, _PROBE_BYTES)
+            else:
+                self.fs.pipe_file(path, _PROBE_BYTES)
+            if self.fs.cat_file(path) != _PROBE_BYTES:
                 raise StorageError(f"{self.uri(path)} read back different bytes than written")
             self.fs.rm_file(path)
         except StorageError:
             raise
-        except TypeError as exc:  # e.g. s3fs passes unknown options on at first use
+        except (TypeError, AttributeError) as exc:  # s3fs uses its options at first use
             raise ConfigError(
                 f"storage_options for {self.uri(directory)} were rejected by the filesystem: "
-                f"{exc}; pass only keyword arguments that its fsspec filesystem accepts"
+                f"{_describe(exc)}; pass only keyword arguments that its fsspec filesystem "
+                "accepts, with values of the types it expects"
             ) from exc
         except Exception as exc:  # any backend failure: the probe exists to translate it
+            local = _local_hint(path, exc) if self.is_local else ""
             raise StorageError(
-                f"storage {self.uri(directory)} is not usable: {_describe(exc)}. "
-                f"{_hint(exc)}"
+                f"storage {self.uri(directory)} is not usable: writing {self.uri(path)} "
+                f"failed: {_describe(exc)}{local or '. ' + _hint(exc)}"
             ) from exc
 
 
@@ -264,6 +355,12 @@ def resolve_storage(url: str, options: Mapping[str, Any] | None = None) -> Stora
     """
     if "://" not in url and "::" not in url:
         url = os.path.abspath(os.path.expanduser(url))
+    for key, value in (options or {}).items():  # e.g. client_kwargs, config_kwargs
+        if key.endswith("kwargs") and not isinstance(value, Mapping):
+            raise ConfigError(
+                f"storage_options[{key!r}] must be a dict of keyword arguments, not a "
+                f"{type(value).__name__}"
+            )
     try:
         fs, root = fsspec.core.url_to_fs(url, **dict(options or {}))
     except ImportError as exc:
@@ -306,25 +403,35 @@ class Appender(Protocol):
 
 
 class LocalAppender:
-    """An appended local file; `replace` rewrites it atomically."""
+    """An appended local file; `replace` rewrites it atomically. A failure (a full disk)
+    is a StorageError naming the file."""
 
     def __init__(self, path: str, initial: bytes) -> None:
         self._path = path
-        if initial:
-            write_local_atomic(path, initial)
-            self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
-        else:  # nothing to keep: truncating in place is as safe (a resume cuts again)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._file = open(path, "wb")  # noqa: SIM115
+        try:
+            if initial:
+                write_local_atomic(path, initial)
+                self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+            else:  # nothing to keep: truncating in place is as safe (a resume cuts again)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                self._file = open(path, "wb")  # noqa: SIM115
+        except OSError as exc:
+            raise storage_error("write", path, exc, path) from exc
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._file.flush()
+        try:
+            self._file.write(data)
+            self._file.flush()
+        except OSError as exc:
+            raise storage_error("write", self._path, exc, self._path) from exc
 
     def replace(self, data: bytes) -> None:
         self._file.close()
-        write_local_atomic(self._path, data, durable=False)
-        self._file = open(self._path, "ab")  # noqa: SIM115
+        try:
+            write_local_atomic(self._path, data, durable=False)
+            self._file = open(self._path, "ab")  # noqa: SIM115
+        except OSError as exc:
+            raise storage_error("write", self._path, exc, self._path) from exc
 
     def flush(self) -> None:
         self._file.flush()
@@ -375,6 +482,34 @@ def local_files(source: str) -> dict[str, int]:
             full = os.path.join(directory, name)
             files[os.path.relpath(full, source).replace(os.sep, "/")] = os.path.getsize(full)
     return files
+
+
+def storage_error(action: str, uri: str, exc: BaseException,
+                  local_path: str | None = None) -> StorageError:
+    """"could not <action> <uri>: <cause>", plus what to check about a local path."""
+    hint = _local_hint(local_path, exc) if local_path is not None else ""
+    return StorageError(f"could not {action} {uri}: {_describe(exc)}{hint}")
+
+
+def _local_hint(path: str, exc: BaseException) -> str:
+    """What to check about local `path` after `exc`."""
+    number = getattr(exc, "errno", None)
+    if number == errno.ENOSPC:
+        return ": the disk is full; free space or use another storage_path"
+    if number == errno.EROFS:
+        return ": the file system is read-only; use another storage_path"
+    if number in (errno.EACCES, errno.EPERM):
+        directory = path
+        while directory and not os.path.exists(directory):
+            directory = os.path.dirname(directory)
+        try:
+            info = os.stat(directory)
+        except OSError:
+            return ""
+        return (f": {directory} is owned by uid {info.st_uid} with mode "
+                f"{stat.filemode(info.st_mode)}, and this process runs as uid {os.getuid()}; "
+                "fix the permissions or use another storage_path")
+    return ""
 
 
 def _describe(exc: BaseException) -> str:

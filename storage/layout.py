@@ -3,6 +3,7 @@
     <storage>/<experiment>/
         experiment.json                       written once: search, settings, trials
         .storage-marker.json                  rewritten by each sweep run, read by trials
+        .lease/000000.json                    held by the run writing the experiment
         results.csv  results.json
         <trainable>_<5 hex>_<00000>/          one per trial
             trial.json                        status, attempts, checkpoint records
@@ -31,6 +32,8 @@ EXPERIMENT_STATE = "experiment.json"
 TRIAL_STATE = "trial.json"
 #: Written by the sweep, read back by every trial: proves the trial sees the same storage.
 STORAGE_MARKER = ".storage-marker.json"
+#: The lease of the run that writes the experiment (see storage/lease.py).
+LEASE_DIR = ".lease"
 #: Prefect's persisted trial-task results (keyed "<experiment>-<trial id>").
 PREFECT_RESULTS = ".prefect-results"
 RESULTS_CSV = "results.csv"
@@ -48,6 +51,13 @@ DICT_PICKLE_FILE = "checkpoint.pkl"
 _CHECKPOINT = re.compile(r"^checkpoint_(\d{6,})$")
 _STAGING = re.compile(r"^\.checkpoint_(\d{6,})\.(?:tmp|deleting)-[0-9a-f]+$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_LEFTOVER = re.compile(r"(^\.probe-|\.tmp-)[0-9a-f]{12}$")
+
+
+def is_leftover(name: str) -> bool:
+    """Whether `name` is a temp file a killed writer left (an atomic write's temp file or
+    a storage probe): never read, safe to remove once no run writes the experiment."""
+    return bool(_LEFTOVER.search(name))
 
 
 def checkpoint_index(name: str) -> int | None:

@@ -36,7 +36,13 @@ def score_of(metrics: Mapping[str, Any], attribute: str) -> float | None:
         raise MetricError(
             f"score attribute {attribute!r} is {value!r}, not a number; report a number"
         )
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise MetricError(
+            f"score attribute {attribute!r} is an integer too large for a float "
+            f"({len(str(value))} digits); report a number below 1.8e308"
+        ) from None
 
 
 def rank_key(score: float | None, order: str) -> tuple[bool, float]:

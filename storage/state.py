@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_tune.storage.errors import StorageError
@@ -36,9 +36,12 @@ class ExperimentRecord:
     trials: tuple[TrialSpec, ...]
     tune: Mapping[str, Any]
     run: Mapping[str, Any]
+    #: The URI it was read from, for error messages ("" for a new one).
+    where: str = field(default="", compare=False)
 
     def to_json(self) -> bytes:
-        return _dump({
+        """Keys in the order given, so that configs keep their search space's order."""
+        return json.dumps({
             "format": STATE_FORMAT,
             "trainable": self.trainable,
             "search": {"seed": self.seed, "param_space": self.param_space},
@@ -48,13 +51,13 @@ class ExperimentRecord:
                 {"trial_id": t.trial_id, "trial_name": t.trial_name, "config": t.config}
                 for t in self.trials
             ],
-        })
+        }, indent=1).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> ExperimentRecord:
         raw = _load(data, where)
         try:
-            return cls(
+            record = cls(
                 trainable=raw["trainable"],
                 seed=raw["search"]["seed"],
                 param_space=raw["search"]["param_space"],
@@ -63,9 +66,17 @@ class ExperimentRecord:
                 ),
                 tune=raw["tune"],
                 run=raw["run"],
+                where=where,
             )
         except (KeyError, TypeError) as exc:
             raise StorageError(f"{where} is not an experiment state file: missing {exc}") from exc
+        for name in ("tune", "run", "param_space"):
+            if not isinstance(getattr(record, name), dict):
+                raise StorageError(f"{where}: {name} is not an object; the file is damaged")
+        if not all(isinstance(t.config, dict) for t in record.trials):
+            raise StorageError(f"{where}: a trial's config is not an object; the file is "
+                               "damaged")
+        return record
 
 
 def outcome_to_json(outcome: TrialOutcome) -> bytes:
@@ -89,31 +100,59 @@ def outcome_to_json(outcome: TrialOutcome) -> bytes:
 
 
 def outcome_from_json(data: bytes, spec: TrialSpec, where: str) -> TrialOutcome:
+    """The outcome a trial state file holds.
+
+    Raises:
+        StorageError: the file is not one, naming the file and the field that is wrong.
+    """
     raw = _load(data, where)
     try:
-        return TrialOutcome(
-            trial_id=spec.trial_id,
-            trial_name=spec.trial_name,
-            config=spec.config,
-            status=TrialStatus(raw["status"]),
-            last_metrics=raw["last_metrics"],
-            num_reports=raw["num_reports"],
-            checkpoints=_records(raw["checkpoints"]),
-            best_checkpoints=_records(raw["best_checkpoints"]),
-            best_score=raw["best_score"],
-            error=raw["error"],
-            attempts=raw["attempts"],
+        status = TrialStatus(_field(raw, "status", str, where))
+    except ValueError:
+        raise StorageError(f"{where}: status {raw['status']!r} is not a trial status; the "
+                           "file is damaged") from None
+    best_score = raw.get("best_score")
+    if best_score is not None and not isinstance(best_score, (int, float)):
+        raise StorageError(f"{where}: best_score is {best_score!r}, not a number")
+    error = raw.get("error")
+    return TrialOutcome(
+        trial_id=spec.trial_id,
+        trial_name=spec.trial_name,
+        config=spec.config,
+        status=status,
+        last_metrics=_field(raw, "last_metrics", dict, where),
+        num_reports=_field(raw, "num_reports", int, where),
+        checkpoints=_records(raw, "checkpoints", where),
+        best_checkpoints=_records(raw, "best_checkpoints", where),
+        best_score=best_score,
+        error=error if isinstance(error, str) else None,
+        attempts=_field(raw, "attempts", int, where),
+    )
+
+
+def _field(raw: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+    """`raw[name]`, which must be a `kind`; else StorageError naming the file and field."""
+    if name not in raw:
+        raise StorageError(f"{where} lacks the field {name!r}; the file is damaged")
+    value = raw[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = {dict: "an object", list: "a list", int: "an integer", str: "a string"}
+        raise StorageError(
+            f"{where}: {name} is {type(value).__name__} {value!r:.60}, expected "
+            f"{expected[kind]}; the file is damaged"
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StorageError(f"{where} is not a trial state file: {exc!r}") from exc
+    return value
 
 
-def _records(raw: list[dict[str, Any]]) -> tuple[CheckpointRecord, ...]:
-    return tuple(CheckpointRecord(int(r["index"]), r["metrics"]) for r in raw)
-
-
-def _dump(data: Mapping[str, Any]) -> bytes:
-    return json.dumps(data, sort_keys=True, indent=1).encode()
+def _records(raw: Mapping[str, Any], name: str, where: str) -> tuple[CheckpointRecord, ...]:
+    records = []
+    for item in _field(raw, name, list, where):
+        if not (isinstance(item, dict) and isinstance(item.get("index"), int)
+                and isinstance(item.get("metrics"), dict)):
+            raise StorageError(f"{where}: an entry of {name} is not a checkpoint record "
+                               f"({item!r:.60}); the file is damaged")
+        records.append(CheckpointRecord(item["index"], item["metrics"]))
+    return tuple(records)
 
 
 def _load(data: bytes, where: str) -> dict[str, Any]:

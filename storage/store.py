@@ -16,14 +16,19 @@ from prefect_tune.storage.errors import StorageNotShared
 from prefect_tune.storage.filesystem import Storage
 from prefect_tune.storage.layout import (
     EXPERIMENT_STATE,
+    LEASE_DIR,
+    RESULT_LOG,
     STORAGE_MARKER,
     TRIAL_STATE,
     ExperimentLayout,
+    is_leftover,
     token,
 )
+from prefect_tune.storage.lease import Lease, Logger
+from prefect_tune.storage.ranking import Ranking
 from prefect_tune.storage.records import TrialOutcome, TrialSpec
 from prefect_tune.storage.state import ExperimentRecord, outcome_from_json, outcome_to_json
-from prefect_tune.storage.trial_dir import TrialDir
+from prefect_tune.storage.trial_dir import TrialDir, parse_rows
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,19 @@ class ExperimentStore:
     def probe(self) -> None:
         """Check that the experiment directory can be written, read and deleted from."""
         self.storage.probe(self.layout.probe_file())
+
+    def remove_leftovers(self) -> None:
+        """Remove the temp files killed writers left in the experiment directory (call
+        it holding the lease: then no other run is writing them)."""
+        self.storage.remove_leftovers(self.layout.root, is_leftover)
+
+    def lease(self, run: str | None, logger: Logger) -> Lease:
+        """Take the experiment's lease for run `run` (a flow run id).
+
+        Raises:
+            ExperimentBusy: another live run holds it.
+        """
+        return Lease.take(self.storage, self.layout.join(LEASE_DIR), run, logger)
 
     def mark(self) -> StorageMarker:
         """Write a fresh storage marker for this run's trials to `check_marker`."""
@@ -134,6 +152,22 @@ class ExperimentStore:
             else None
             for path, spec in zip(paths, specs, strict=True)
         ]
+
+    def read_outcomes(self, specs: Sequence[TrialSpec], ranking: Ranking,
+                      num_to_keep: int | None) -> list[TrialOutcome | None]:
+        """Every trial's outcome: its trial.json, or for a trial whose first attempt died
+        before writing one, what its result rows and checkpoints show (RUNNING); None for
+        a trial that never reported."""
+        outcomes = self.read_trial_states(specs)
+        missing = [(i, self.trial(s.trial_name)) for i, s in enumerate(specs)
+                   if outcomes[i] is None]
+        logs = self.storage.read_many([trial.file(RESULT_LOG) for _, trial in missing])
+        for i, trial in missing:
+            path = trial.file(RESULT_LOG)
+            rows = parse_rows(logs[path].decode(), self.storage.uri(path)) if path in logs else []
+            if rows:
+                outcomes[i] = trial.recover(specs[i], rows, ranking, num_to_keep)
+        return outcomes
 
     def write_file(self, name: str, data: bytes) -> None:
         """Atomically replace the experiment-level file `name`."""

@@ -71,6 +71,8 @@ class SyncConfig:
     upload_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.upload_dir, os.PathLike):
+            object.__setattr__(self, "upload_dir", os.fspath(self.upload_dir))
         syncer = self.syncer
         if isinstance(syncer, str) and syncer != "auto":
             missing = [f for f in ("{source}", "{target}") if f not in syncer]

@@ -25,10 +25,18 @@ from prefect_tune.storage.layout import (
     RESULT_LOG,
     ExperimentLayout,
     checkpoint_index,
+    is_leftover,
     staging_trial_dir,
     used_index,
 )
-from prefect_tune.storage.records import AUTO_KEYS, CheckpointRecord
+from prefect_tune.storage.ranking import Ranking, best_by
+from prefect_tune.storage.records import (
+    AUTO_KEYS,
+    CheckpointRecord,
+    TrialOutcome,
+    TrialSpec,
+    TrialStatus,
+)
 from prefect_tune.storage.result_log import ResultLog
 from prefect_tune.storage.sync import Logger, StagedTrial, SyncConfig
 
@@ -118,25 +126,33 @@ class TrialDir:
         next index counts them first, so indexes are never reused).
         """
         rows = self.read_rows()
-        committed = set(self.committed_indexes())
-        referenced = [checkpoint_index(str(row.get("checkpoint_dir_name") or "")) for row in rows]
-        next_index = max(
-            self.next_index(), max((i for i in referenced if i is not None), default=-1) + 1,
-        )
-        cut, records = 0, []
-        for position, (row, index) in enumerate(zip(rows, referenced, strict=True)):
-            if index is not None and index in committed:
-                cut = position + 1
-                records.append(CheckpointRecord(
-                    index, {k: v for k, v in row.items() if k not in AUTO_KEYS}
-                ))
+        cut, records = _recorded(rows, set(self.committed_indexes()))
+        referenced = [r.index for r in _recorded(rows, None)[1]]
+        next_index = max(self.next_index(), max(referenced, default=-1) + 1)
         if clean:
             self._discard_unreferenced({r.index for r in records})
-        return ResumePoint(tuple(rows[:cut]), tuple(records), next_index)
+        return ResumePoint(tuple(rows[:cut]), records, next_index)
+
+    def recover(self, spec: TrialSpec, rows: list[dict[str, Any]], ranking: Ranking,
+                num_to_keep: int | None) -> TrialOutcome:
+        """The outcome of a trial whose first attempt died before it wrote trial.json:
+        RUNNING, with its result rows and the committed checkpoints they record, kept and
+        ranked as the trial would have."""
+        records = _recorded(rows, set(self.committed_indexes()))[1]
+        kept, best = ranking.retain(records, num_to_keep)
+        scores = [ranking.score(row) for row in rows]
+        return TrialOutcome(
+            spec.trial_id, spec.trial_name, spec.config, TrialStatus.RUNNING,
+            last_metrics=rows[-1] if rows else {}, num_reports=len(rows), checkpoints=kept,
+            best_checkpoints=best, best_score=best_by(((s, s) for s in scores), ranking.order,
+                                                      finite_only=False),
+        )
 
     def _discard_unreferenced(self, referenced: set[int]) -> None:
         for name in self.storage.listdir(self.root):
             index = used_index(name)
+            if index is None and is_leftover(name):
+                self.storage.remove(f"{self.root}/{name}")
             if index is None or index in referenced:
                 continue
             path = f"{self.root}/{name}"
@@ -147,17 +163,8 @@ class TrialDir:
 
     def commit_checkpoint(self, index: int, source: str) -> None:
         """Publish local directory `source` as checkpoint `index` of the trial."""
-        final = self.layout.checkpoint_dir(self.name, index)
-        staging = self.layout.staging_dir(self.name, index)
-        try:
-            self.storage.commit_directory(source, staging, final)
-        except StorageError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"could not write checkpoint {self.storage.uri(final)}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        self.storage.commit_directory(source, self.layout.staging_dir(self.name, index),
+                                      self.layout.checkpoint_dir(self.name, index))
 
     def delete_checkpoint(self, index: int) -> None:
         """Delete checkpoint `index`; after a partial failure, calling again finishes it."""
@@ -188,6 +195,21 @@ class TrialDir:
         return parse_rows(text, self.storage.uri(path))
 
 
+def _recorded(rows: list[dict[str, Any]], committed: set[int] | None
+              ) -> tuple[int, tuple[CheckpointRecord, ...]]:
+    """The checkpoints `rows` record (only those in `committed`, unless None) and how many
+    rows lead up to the last of them."""
+    cut, records = 0, []
+    for position, row in enumerate(rows):
+        index = checkpoint_index(str(row.get("checkpoint_dir_name") or ""))
+        if index is not None and (committed is None or index in committed):
+            cut = position + 1
+            records.append(CheckpointRecord(
+                index, {k: v for k, v in row.items() if k not in AUTO_KEYS}
+            ))
+    return cut, tuple(records)
+
+
 def parse_rows(text: str, where: str) -> list[dict[str, Any]]:
     """Parse JSON lines, tolerating a torn (unterminated or unparsable) last line."""
     lines = text.split("\n")
@@ -196,9 +218,15 @@ def parse_rows(text: str, where: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines) or all(not rest.strip() for rest in lines[number:]):
                 break
             raise StorageError(f"{where}: line {number} is not valid JSON ({exc})") from exc
+        if not isinstance(row, dict):
+            raise StorageError(
+                f"{where}: line {number} is {type(row).__name__}, not a result row (a JSON "
+                "object); the file is damaged"
+            )
+        rows.append(row)
     return rows

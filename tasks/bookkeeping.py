@@ -62,13 +62,14 @@ class Progress:
 
 def publish_results(
     experiment: str, store: ExperimentStore, frame: pd.DataFrame, best: TrialOutcome | None,
-    metric: str | None, mode: str | None,
+    metric: str | None, mode: str | None, column: str | None = None,
 ) -> None:
-    """The top-trials table and a markdown summary of the best trial."""
+    """The top-trials table (sorted by `column`, the metric's column in `frame`) and a
+    markdown summary of the best trial."""
     table = frame
-    if metric and mode and metric in frame.columns:
+    if column and mode and column in frame.columns:
         table = frame.sort_values(
-            metric, ascending=mode == "min", na_position="last",
+            column, ascending=mode == "min", na_position="last",
             key=lambda column: pd.to_numeric(column, errors="coerce"),
         )
     keep = [c for c in table.columns if c not in ("trial_id", "error")]

@@ -7,11 +7,13 @@ imports Prefect, so a child process starts in a fraction of a second.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import inspect
 import logging
 import traceback
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Any, cast
 
 from prefect_tune.storage import TrialError, TrialOutcome, TrialSpec, TrialStatus, TrialStopped
 from prefect_tune.tasks.plan import TrialPlan
@@ -50,9 +52,7 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
             if is_class_trainable(plan.trainable):
                 drive(cast(type[Trainable], plan.trainable), config, session)
             else:
-                returned = plan.trainable(config)
-                if isinstance(returned, Mapping):
-                    session.report(returned, None)
+                _run_function(plan.trainable, config, session)
         except TrialDone:
             pass  # the stop condition ended the trial
         finally:
@@ -62,7 +62,7 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
         if session is not None:
             _quietly(session.close, logger)
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a trainable fails its trial only
         error = traceback.format_exc()
         if session is not None:
             _quietly(session.close, logger)
@@ -79,6 +79,20 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
         if outcome.best_score is not None else "",
     )
     return outcome
+
+
+def _run_function(trainable: Callable[[dict[str, Any]], Any], config: dict[str, Any],
+                  session: TrialSession) -> None:
+    """Call a function trainable: a dict it returns is its last row; a generator's
+    yielded dicts are rows (Ray's older API); an `async def` runs in an event loop."""
+    returned = trainable(config)
+    if inspect.iscoroutine(returned):
+        returned = asyncio.run(returned)
+    if inspect.isgenerator(returned):
+        for row in returned:
+            session.report(cast(Mapping[str, Any], row), None)
+    elif isinstance(returned, Mapping):
+        session.report(returned, None)
 
 
 def _quietly(action: Callable[[], None], logger: Logger) -> None:

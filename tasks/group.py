@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -44,6 +43,7 @@ from prefect_tune.storage import (
     TrialCrashed,
 )
 from prefect_tune.storage.filesystem import local_files
+from prefect_tune.storage.scratch import scratch_dir
 from prefect_tune.tasks.process import (
     describe_exit,
     frame,
@@ -123,12 +123,15 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
                     f"rank {done[0]} returned while other ranks called report() for step "
                     f"{step}: every rank must call report() at the same steps"
                 )
-            with tempfile.TemporaryDirectory(prefix="prefect-tune-merge-") as merged:
+            merged = scratch_dir("merge-")
+            try:
                 keep = session.plan.checkpoint_config.num_to_keep != 0  # 0: none persisted
                 has_checkpoint = keep and _merge([m[2] for m in messages], merged, step)
                 # Raises TrialDone once the stop condition holds: the ranks are killed.
                 session.report(messages[0][1],
                                Checkpoint.from_directory(merged) if has_checkpoint else None)
+            finally:
+                shutil.rmtree(merged, ignore_errors=True)
             for rank in ranks:
                 send(rank.process, ack)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
 from prefect_tune.storage import Checkpoint, CheckpointError, MetricError
 from prefect_tune.storage.checkpoint import holds_dict, write_dict
+from prefect_tune.storage.scratch import scratch_dir
 from prefect_tune.tasks.session import TrialSession
 
 #: Keys of a step's result that steer the trial and are not recorded as metrics.
@@ -98,13 +99,16 @@ def drive(cls: type[Trainable], config: dict[str, Any], session: TrialSession) -
             save = manual or (every > 0 and iteration % every == 0) or (
                 done and bool(checkpoints.checkpoint_at_end)
             )
+            trainable.iteration = iteration  # save_checkpoint sees the step it saves
             if save:
-                with tempfile.TemporaryDirectory(prefix="prefect-tune-save-") as directory:
+                directory = scratch_dir("save-")
+                try:
                     _save(trainable, directory)
                     session.record(metrics, Checkpoint.from_directory(directory))
+                finally:
+                    shutil.rmtree(directory, ignore_errors=True)
             else:
                 session.record(metrics, None)
-            trainable.iteration = iteration
             if done:
                 return
     finally:

@@ -193,10 +193,6 @@ def test_export_without_output_writes_to_stdout(
         assert exported == json.loads((experiment / "results.json").read_text())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: tables built from stored state order the config columns by key "
-    "(experiment.json is written with sort_keys), results.csv of a first run in "
-    "param_space order"))
 def test_export_has_the_columns_of_results_csv_in_their_order(
     experiment: Path, prefect_server: str
 ) -> None:
