@@ -20,6 +20,7 @@ FULL = {
     "report_cost": [],
     "throughput": [],
     "scale": [],
+    "metric_names": [],
 }
 QUICK = {
     "sweep": ["--runs", "1", "--api", "ephemeral", "--trials", "4", "--iterations", "3",
@@ -27,6 +28,7 @@ QUICK = {
     "report_cost": ["--runs", "1", "--trials", "2", "--iterations", "20"],
     "throughput": ["--runs", "1", "--mib", "4"],
     "scale": ["--sizes", "10", "20", "--no-baseline"],
+    "metric_names": ["--runs", "1", "--reports", "200"],
 }
 
 

@@ -25,7 +25,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.registry import known_implementations
 
 from prefect_tune.storage.checkpoint import Checkpoint
-from prefect_tune.storage.errors import ConfigError, StorageError
+from prefect_tune.storage.errors import CheckpointError, ConfigError, StorageError
 from prefect_tune.storage.layout import MANIFEST, token
 
 _PROBE_BYTES = b"prefect-tune storage probe\n"
@@ -473,14 +473,38 @@ def checkpoint_manifest(source: str) -> tuple[dict[str, int], bytes]:
 
 
 def local_files(source: str) -> dict[str, int]:
-    """Relative path -> size of every file under `source`."""
+    """Relative path -> size of every file under `source`, following symbolic links to
+    files and folders (a checkpoint holds what its links point to, on every backend).
+
+    Raises:
+        StorageError: `source` is not a directory.
+        CheckpointError: a link is broken, or leads back into a folder it is in (a loop).
+    """
     if not os.path.isdir(source):
         raise StorageError(f"checkpoint directory {source!r} does not exist")
     files: dict[str, int] = {}
-    for directory, _, names in os.walk(source):
-        for name in names:
-            full = os.path.join(directory, name)
-            files[os.path.relpath(full, source).replace(os.sep, "/")] = os.path.getsize(full)
+
+    def walk(directory: str, relative: str, ancestors: frozenset[str]) -> None:
+        real = os.path.realpath(directory)
+        if real in ancestors:
+            raise CheckpointError(
+                f"checkpoint directory {source!r}: {relative!r} links back to {real!r}, a "
+                "folder it is inside of (a loop); link to the files themselves instead"
+            )
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                name = f"{relative}/{entry.name}" if relative else entry.name
+                if entry.is_dir():
+                    walk(entry.path, name, ancestors | {real})
+                elif entry.is_file():
+                    files[name] = entry.stat().st_size
+                elif entry.is_symlink():
+                    raise CheckpointError(
+                        f"checkpoint directory {source!r}: {name!r} is a broken link (to "
+                        f"{os.readlink(entry.path)!r}); remove it or make it point to a file"
+                    )
+
+    walk(source, "", frozenset())
     return files
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -27,6 +25,13 @@ class ResultLog:
     (`durable=True`), at most every REMOTE_FLUSH_SECONDS otherwise, and on close. Event
     files (when `tensorboard` and tensorboardX is installed) are flushed as often, and a
     resumed attempt's events hide those of the rows it discarded.
+
+    progress.csv has the union of every column seen. A row with a new column needs a
+    wider header, so the file is rewritten, but not at every new column: the first rows
+    at once, later ones at the next timed flush (REMOTE_FLUSH_SECONDS) or on close; until
+    then progress.csv lacks the newest rows (result.json has them). A row is rendered
+    once, and a rewrite only pads the rendered rows to the new width, so a metric name
+    new in every report costs report() no more than a fixed one.
     """
 
     def __init__(
@@ -34,11 +39,14 @@ class ResultLog:
         tensorboard: bool = False,
     ) -> None:
         self._rows: list[dict[str, Any]] = []
-        self._columns: dict[str, None] = {}
+        self._columns: dict[str, int] = {}
+        self._lines: list[tuple[str, int]] = []  # each row's CSV cells and its last column
+        self._rewritten_at = 0  # rows progress.csv held when it was last rewritten
         for row in rows:
             self._remember(row)
         self._json = storage.appender(f"{directory}/{RESULT_LOG}", self._json_text().encode())
         self._csv = storage.appender(f"{directory}/{PROGRESS}", self._csv_text().encode())
+        self._rewritten_at, self._stale = len(self._rows), False
         self._events = open_event_log(
             storage, directory,
             purge_step=int(self._rows[-1]["training_iteration"]) + 1 if self._rows else None,
@@ -49,37 +57,48 @@ class ResultLog:
     def rows(self) -> list[dict[str, Any]]:
         return self._rows
 
-    def _remember(self, row: Mapping[str, Any]) -> list[Any] | None:
-        """Keep `row`; return its CSV cells, or None when it brought new columns."""
+    def _remember(self, row: Mapping[str, Any]) -> bool:
+        """Keep `row` and render its CSV cells; True if it brought new columns."""
         self._rows.append(dict(row))
-        flat = flatten(row)
-        new = [key for key in flat if key not in self._columns]
-        for key in new:
-            self._columns[key] = None
-        return None if new else [_cell(flat.get(c)) for c in self._columns]
+        width = len(self._columns)
+        cells = {self._columns.setdefault(key, len(self._columns)): _cell(value)
+                 for key, value in flatten(row).items()}
+        parts, last = [], 0
+        for index in sorted(cells):
+            parts.append("," * (index - last) + cells[index])
+            last = index
+        self._lines.append(("".join(parts), last))
+        return len(self._columns) > width
 
     def append(self, row: Mapping[str, Any], *, durable: bool) -> None:
         """Add `row`; with `durable` (a checkpoint), make every row durable in storage."""
-        cells = self._remember(row)
+        widened = self._remember(row)
         self._json.write((json.dumps(row) + "\n").encode())
-        if cells is not None:
-            self._csv.write(_csv_line(cells).encode())
-        elif len(self._rows) > 1:  # a new column: a new header
-            self._csv.replace(self._csv_text().encode())
+        if widened or self._stale:
+            self._stale = True
+            if not self._rewritten_at:  # the first rows show at once
+                self._rewrite_csv()
         else:
-            self._csv.write(self._csv_text().encode())
+            self._csv.write(self._line(*self._lines[-1]).encode())
         if self._events is not None:
             self._events.append(row)
-        if durable or time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS:
+        if time.monotonic() - self._last_flush >= REMOTE_FLUSH_SECONDS:
             self.flush()
+        elif durable:
+            self._flush_files()
 
     def flush(self) -> None:
-        """Make every row so far durable in storage."""
+        """Make every row so far durable in storage, progress.csv included."""
+        if self._stale:
+            self._rewrite_csv()
+        self._flush_files()
+        self._last_flush = time.monotonic()
+
+    def _flush_files(self) -> None:
         self._json.flush()
         self._csv.flush()
         if self._events is not None:
             self._events.flush()
-        self._last_flush = time.monotonic()
 
     def close(self) -> None:
         self.flush()
@@ -88,26 +107,33 @@ class ResultLog:
         self._json.close()
         self._csv.close()
 
+    def _rewrite_csv(self) -> None:
+        self._csv.replace(self._csv_text().encode())
+        self._rewritten_at, self._stale = len(self._rows), False
+
+    def _line(self, cells: str, last: int) -> str:
+        return cells + "," * (len(self._columns) - 1 - last) + "\n"
+
     def _json_text(self) -> str:
         return "".join(json.dumps(row) + "\n" for row in self._rows)
 
     def _csv_text(self) -> str:
-        lines = [_csv_line(list(self._columns))] if self._columns else []
-        for row in self._rows:
-            flat = flatten(row)
-            lines.append(_csv_line([_cell(flat.get(c)) for c in self._columns]))
-        return "".join(lines)
+        if not self._columns:
+            return ""
+        header = ",".join(_escape(name) for name in self._columns) + "\n"
+        return header + "".join(self._line(cells, last) for cells, last in self._lines)
 
 
-def _cell(value: Any) -> Any:
+def _cell(value: Any) -> str:
+    """A CSV cell, as csv.writer writes it (None as empty, lists and dicts as JSON)."""
     if value is None:
         return ""
     if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return value
+        value = json.dumps(value)
+    return _escape(str(value))
 
 
-def _csv_line(cells: list[Any]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
-    return buffer.getvalue()
+def _escape(text: str) -> str:
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text

@@ -174,3 +174,71 @@ def test_trial_state_round_trips_and_an_empty_file_is_no_record(backend: Backend
     store.storage.fs.pipe_file(store.layout.trial_file(cut.trial_name, TRIAL_STATE), b"")
     assert store.read_trial_states([done, cut, never]) == [outcome, None, None]
     assert store.read_trial_state(done) == outcome
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_linked_files_and_folders_are_stored_as_their_contents(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A checkpoint directory with a link to a folder of weights and a link to a file
+    stores what they point to, the same on every backend: read back byte for byte."""
+    weights = {"weights.bin": os.urandom(4096), "shards/0.bin": b"shard"}
+    write_tree(tmp_path / "cache", weights)
+    (tmp_path / "tokenizer.json").write_bytes(b'{"vocab": 3}')
+    source = tmp_path / "src"
+    write_tree(source, {"step.txt": b"7"})
+    (source / "model").symlink_to(tmp_path / "cache", target_is_directory=True)
+    (source / "tokenizer.json").symlink_to(tmp_path / "tokenizer.json")
+    store = make_store(backend)
+    store.trial("t_00000").commit_checkpoint(0, str(source))
+    out = Path(store.trial("t_00000").checkpoint(0).to_directory(tmp_path / "out"))
+    expected = {"step.txt": b"7", "tokenizer.json": b'{"vocab": 3}',
+                **{f"model/{k}": v for k, v in weights.items()}}
+    assert read_tree(out) == expected
+    manifest = json.loads(store.storage.read_bytes(
+        store.layout.checkpoint_dir("t_00000", 0) + "/" + MANIFEST))
+    assert manifest["files"] == {k: len(v) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("link", ["loop", "broken"])
+def test_a_link_loop_or_broken_link_is_refused_and_nothing_is_committed(
+    backend: Backend, tmp_path: Path, link: str
+) -> None:
+    from prefect_tune.storage import CheckpointError
+
+    source = tmp_path / "src"
+    write_tree(source, {"sub/a.bin": b"a"})
+    (source / "sub" / "back").symlink_to(source if link == "loop" else tmp_path / "gone")
+    store = make_store(backend)
+    pattern = "'sub/back' links back to" if link == "loop" else "'sub/back' is a broken link"
+    with pytest.raises(CheckpointError, match=pattern):
+        store.trial("t_00000").commit_checkpoint(0, str(source))
+    assert store.storage.listdir(store.layout.trial_dir("t_00000")) == []
+
+
+def test_a_new_metric_name_in_every_row_keeps_progress_csv_whole(backend: Backend) -> None:
+    """300 rows, each with a metric name never seen before: progress.csv is valid CSV
+    whenever it is read (a header as wide as its rows), and at the end it holds every row
+    under the union of all columns."""
+    import io
+
+    import pandas as pd
+
+    store = make_store(backend)
+    log = store.trial("t_00000").open_log()
+    path = store.layout.trial_file("t_00000", "progress.csv")
+    for i in range(300):
+        log.append({f"m{i}": i, "training_iteration": i + 1}, durable=i % 50 == 0)
+        if i % 50 == 0 and store.storage.exists(path):
+            live = pd.read_csv(io.BytesIO(store.storage.read_bytes(path)))  # never ragged
+            assert set(live.columns) <= {f"m{k}" for k in range(i + 1)} | {"training_iteration"}
+    log.close()
+    final = pd.read_csv(io.BytesIO(store.storage.read_bytes(path)))
+    assert list(final.columns) == ["m0", "training_iteration",
+                                   *[f"m{k}" for k in range(1, 300)]]
+    assert final["training_iteration"].tolist() == list(range(1, 301))
+    assert [final[f"m{k}"].dropna().tolist() for k in (0, 150, 299)] == [[0], [150], [299]]
+    assert len(store.trial("t_00000").read_rows()) == 300
