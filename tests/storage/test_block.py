@@ -179,17 +179,17 @@ def test_block_refuses_another_bucket_or_scheme_on_s3(moto_endpoint: str) -> Non
     """On S3 a full URI must name the block's own bucket and prefix; another bucket, a
     sibling prefix or another scheme is refused, a relative path stays under the URL."""
     bucket = f"blk-{uuid.uuid4().hex[:8]}"
-    block = TuneStorage(url=f"s3://{bucket}/root", storage_options=s3_options(moto_endpoint))
+    block = TuneStorage(url=f"s3://{bucket}/base", storage_options=s3_options(moto_endpoint))
     storage = block.storage()
     storage.fs.mkdir(bucket)
     storage.fs.pipe_file(f"{bucket}/other/x", b"secret")
-    for path in (f"s3://{bucket}/other/x", f"s3://{bucket}/root/../other/x", "../other/x",
-                 "s3://another-bucket/root/x", "gs://" + bucket + "/root/x"):
+    for path in (f"s3://{bucket}/other/x", f"s3://{bucket}/base/../other/x", "../other/x",
+                 "s3://another-bucket/base/x", "gs://" + bucket + "/base/x"):
         with pytest.raises(ConfigError):
             block.read_path(path)
         with pytest.raises(ConfigError):
             block.write_path(path, b"overwritten")
     assert storage.fs.cat_file(f"{bucket}/other/x") == b"secret"
-    assert block.write_path("a/b", b"ok") == f"{bucket}/root/a/b"
-    assert block.read_path(f"s3://{bucket}/root/a/b") == b"ok"
-    assert block.read_path(f"{bucket}/root/a/b") == b"ok"
+    assert block.write_path("a/b", b"ok") == f"{bucket}/base/a/b"
+    assert block.read_path(f"s3://{bucket}/base/a/b") == b"ok"
+    assert block.read_path(f"{bucket}/base/a/b") == b"ok"
