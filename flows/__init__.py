@@ -1,6 +1,7 @@
 """Sweeps: the Tuner, search spaces, and results."""
 
 from prefect_tune.flows.config import TuneConfig
+from prefect_tune.flows.resources import with_resources
 from prefect_tune.flows.results import Result, ResultGrid
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
 from prefect_tune.flows.trainer import Trainer
@@ -17,4 +18,5 @@ __all__ = [
     "loguniform",
     "randint",
     "uniform",
+    "with_resources",
 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from prefect.task_runners import TaskRunner
 
 from prefect_tune.storage import ConfigError
+from prefect_tune.tasks.plan import Resources
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class TuneConfig:
             every tagged task run, a round trip that waits behind the server's event
             processing: on Prefect's ephemeral server, 1,000 tiny trials took 34 s tagged
             and 12 s untagged. Turn it off for sweeps of many short trials.
+        resources_per_trial: {"cpu": n, "gpu": m} each trial needs (see `with_resources`,
+            which attaches the same to a trainable; this setting wins). Stored with the
+            experiment.
         task_runner: The Prefect task runner the trials run on; default: a thread pool
             of `max_concurrent_trials` in the flow's process. For trials on several
             machines use prefect-dask's `DaskTaskRunner(address="tcp://scheduler:8786")`
@@ -44,6 +49,7 @@ class TuneConfig:
     seed: int | None = None
     isolation: Literal["process", "thread"] = "process"
     tag_trials: bool = True
+    resources_per_trial: Mapping[str, float] | None = None
     task_runner: TaskRunner[Any] | None = field(default=None, compare=False)
 
     def stored(self) -> dict[str, Any]:
@@ -76,5 +82,7 @@ class TuneConfig:
                 f"task_runner={self.task_runner!r} is not a Prefect task runner; pass one "
                 "such as prefect_dask.DaskTaskRunner(address=...)"
             )
+        if self.resources_per_trial is not None:
+            Resources.parse(self.resources_per_trial)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed={self.seed!r} is invalid: use an integer")

@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
+from prefect_tune.flows.resources import visible_gpus
 from prefect_tune.flows.results import Result, ResultGrid, metric_column
 from prefect_tune.storage import (
     ConfigError,
@@ -113,7 +114,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         max_failures=max_failures, isolation=tune.isolation, stop_condition=run.stop,
         tensorboard=run.tensorboard, sync_config=run.sync_config,
         local_dir=cast(str | None, run.local_dir),  # a str after RunConfig's checks
-        marker=store.mark(), stop=stop,
+        marker=store.mark(), resources=plan.resources, stop=stop,
     )
     logger.info(
         "sweep %s: %d trials (%d to run), %d at a time, storage %s",
@@ -190,11 +191,16 @@ def _run_window(
     running: dict[PrefectFuture[Any], TrialWork] = {}
     queued = iter(work)
     store = trial_plan.store
+    gpus = trial_plan.resources.gpu if trial_plan.resources else 0
+    free = visible_gpus() if gpus else []  # the concurrency leaves enough for every trial
 
     def submit_next() -> None:
         item = next(queued, None)
         if item is None:
             return
+        if gpus:
+            item = replace(item, devices=tuple(free[:gpus]))
+            del free[:gpus]
         with tags(*([plan.name] if plan.tune_config.tag_trials else [])):
             future = trial_task.submit(trial_plan, item)
         running[future] = item
@@ -204,7 +210,9 @@ def _run_window(
         submit_next()
     while running:
         future = finished.get()
-        yield _outcome(future, running.pop(future), store)
+        item = running.pop(future)
+        free.extend(item.devices)
+        yield _outcome(future, item, store)
         if not trial_plan.stop.is_set():
             submit_next()
     for item in queued:  # the sweep stopped (fail_fast): these never start

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from prefect_tune.flows.config import TuneConfig
+from prefect_tune.flows.resources import capacity, resources_of, visible_gpus
 from prefect_tune.flows.search_space import generate_configs, space_to_json
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -32,6 +33,7 @@ from prefect_tune.storage import (
 from prefect_tune.storage.config import DEFAULT_STORAGE_PATH, StopCondition
 from prefect_tune.storage.layout import new_trial_prefix, trial_id, trial_name
 from prefect_tune.storage.state import ExperimentRecord
+from prefect_tune.tasks.plan import Resources
 from prefect_tune.tasks.trial import TrialWork
 
 
@@ -72,8 +74,23 @@ class SweepPlan:
     stored: StoredExperiment | None = None
 
     @property
+    def resources(self) -> Resources | None:
+        """What each trial needs: TuneConfig's resources_per_trial, else the trainable's."""
+        spec = self.tune_config.resources_per_trial
+        return Resources.parse(spec) if spec is not None else resources_of(self.trainable)
+
+    @property
     def concurrency(self) -> int:
-        return self.tune_config.max_concurrent_trials or os.cpu_count() or 1
+        """max_concurrent_trials (default: the CPU count), at most as many as fit.
+
+        Raises:
+            ConfigError: a trial asks for more than this machine has.
+        """
+        wanted = self.tune_config.max_concurrent_trials or os.cpu_count() or 1
+        resources = self.resources
+        if resources is None:
+            return wanted
+        return min(wanted, capacity(resources, visible_gpus(), self.tune_config.isolation))
 
     @property
     def ranking(self) -> Ranking:

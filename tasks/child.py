@@ -45,9 +45,10 @@ from prefect_tune.tasks.process import (
 STOP_GRACE_SECONDS = 5.0
 
 
-def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger
-                 ) -> TrialOutcome:
-    """Run `execute(plan, spec, attempt)` in a fresh Python process; return its outcome.
+def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
+                 devices: tuple[str, ...] = ()) -> TrialOutcome:
+    """Run `execute(plan, spec, attempt)` in a fresh Python process (given `devices`, its
+    GPUs, and the CPU threads of `plan.resources`); return its outcome.
 
     Raises:
         TrialError: the trial failed; for a hard death its cause is TrialCrashed.
@@ -63,7 +64,9 @@ def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger
             'TuneConfig(isolation="thread")'
         )
         raise _failure(plan, spec, attempt, error, logger) from error
-    process, replies, forwarders = spawn("prefect_tune.tasks.child", logger)
+    env = None if plan.resources is None else \
+        {**os.environ, **plan.resources.environment(devices)}
+    process, replies, forwarders = spawn("prefect_tune.tasks.child", logger, env=env)
     reply: list[Any] = []
     reader = threading.Thread(target=_read_reply, args=(replies, reply), daemon=True)
     reader.start()

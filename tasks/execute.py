@@ -15,7 +15,14 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
-from prefect_tune.storage import TrialError, TrialOutcome, TrialSpec, TrialStatus, TrialStopped
+from prefect_tune.storage import (
+    ConfigError,
+    TrialError,
+    TrialOutcome,
+    TrialSpec,
+    TrialStatus,
+    TrialStopped,
+)
 from prefect_tune.tasks.plan import TrialPlan
 from prefect_tune.tasks.session import _SESSION, TrialDone, TrialSession
 from prefect_tune.tasks.trainable import Trainable, drive, is_class_trainable
@@ -86,6 +93,9 @@ def _run_function(trainable: Callable[[dict[str, Any]], Any], config: dict[str, 
     """Call a function trainable: a dict it returns is its last row; a generator's
     yielded dicts are rows (Ray's older API); an `async def` runs in an event loop."""
     returned = trainable(config)
+    if inspect.isasyncgen(returned):
+        raise ConfigError("the trainable returned an async generator: use a generator, or "
+                          "call report() from an async def")
     if inspect.iscoroutine(returned):
         returned = asyncio.run(returned)
     if inspect.isgenerator(returned):

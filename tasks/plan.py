@@ -7,12 +7,13 @@ each layer reads what it needs from it, so nothing is re-packed on the way.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefect_tune.storage import (
     CheckpointConfig,
+    ConfigError,
     ExperimentStore,
     Ranking,
     StorageMarker,
@@ -21,6 +22,42 @@ from prefect_tune.storage import (
 from prefect_tune.storage.config import StopCondition
 
 Isolation = Literal["process", "thread"]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial needs: `cpu` cores (its OMP_NUM_THREADS) and `gpu` devices (its own
+    CUDA_VISIBLE_DEVICES); 0 asks for none."""
+
+    cpu: float = 0
+    gpu: int = 0
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> Resources:
+        """From {"cpu": n, "gpu": m} (keys in any case).
+
+        Raises:
+            ConfigError: another key, a negative count, or a fractional GPU.
+        """
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"resources {spec!r} must be a dict such as {{'cpu': 2, 'gpu': 1}}")
+        counts = {str(k).lower(): v for k, v in spec.items()}
+        unknown = set(counts) - {"cpu", "gpu"}
+        cpu, gpu = counts.get("cpu", 0), counts.get("gpu", 0)
+        if unknown or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+                          for v in (cpu, gpu)) or gpu != int(gpu):
+            raise ConfigError(
+                f"resources {dict(spec)!r} are invalid: use {{'cpu': n, 'gpu': m}} with "
+                "counts >= 0 and a whole number of GPUs"
+            )
+        return cls(float(cpu), int(gpu))
+
+    def environment(self, devices: tuple[str, ...]) -> dict[str, str]:
+        """The variables a trial process gets: its GPUs and its CPU threads."""
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(devices)} if self.gpu else {}
+        if self.cpu:
+            env["OMP_NUM_THREADS"] = str(max(int(self.cpu), 1))
+        return env
 
 
 @dataclass(frozen=True)
@@ -40,6 +77,7 @@ class TrialPlan:
         sync_config: How trial files reach storage (directly, or staged and synced).
         local_dir: The staging root of a syncer.
         marker: The storage marker every trial checks first.
+        resources: What each trial needs (its process gets its GPUs and CPU threads).
         stop: Once set, the sweep's trials stop (fail_fast); never leaves this process.
     """
 
@@ -54,6 +92,7 @@ class TrialPlan:
     sync_config: SyncConfig = field(default_factory=SyncConfig)
     local_dir: str | None = None
     marker: StorageMarker | None = None
+    resources: Resources | None = None
     stop: threading.Event = field(default_factory=threading.Event, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -34,11 +34,12 @@ from prefect_tune.tasks.plan import TrialPlan
 @dataclass(frozen=True)
 class TrialWork:
     """One trial to run: its spec, its outcome stored by an earlier run (None for a new
-    trial), and whether to start it from scratch."""
+    trial), whether to start it from scratch, and the GPUs it was given."""
 
     spec: TrialSpec
     prior: TrialOutcome | None = None
     restart: bool = False
+    devices: tuple[str, ...] = ()
 
     @property
     def prior_attempts(self) -> int:
@@ -102,7 +103,7 @@ def run_trial(plan: TrialPlan, work: TrialWork) -> TrialOutcome:
         store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt))
     try:
         if plan.isolation == "process" and not store.storage.is_in_memory:
-            outcome = run_in_child(plan, spec, attempt, logger)
+            outcome = run_in_child(plan, spec, attempt, logger, work.devices)
         else:
             outcome = execute(plan, spec, attempt, logger)
     except TrialStopped:
