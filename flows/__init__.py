@@ -1,7 +1,7 @@
 """Sweeps: the Tuner, search spaces, and results."""
 
 from prefect_tune.flows.config import TuneConfig
-from prefect_tune.flows.resources import with_resources
+from prefect_tune.flows.resources import with_parameters, with_resources
 from prefect_tune.flows.results import Result, ResultGrid
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
 from prefect_tune.flows.trainer import Trainer
@@ -18,5 +18,6 @@ __all__ = [
     "loguniform",
     "randint",
     "uniform",
+    "with_parameters",
     "with_resources",
 ]

@@ -132,3 +132,46 @@ def test_a_class_trainable_with_resources_gets_its_gpu(
                  run_config=RunConfig(name="cls", storage_path=str(tmp_path))).fit()
     assert grid[0].metrics["devices"] == "3"
     assert grid[0].outcome.trial_name.startswith("Steps_")
+
+
+BIG = os.urandom(4 << 20)  # a 4 MiB "dataset"
+
+
+def uses_dataset(config: dict[str, Any], *, dataset: bytes, vocab: dict[str, int]) -> None:
+    import hashlib
+
+    report({"digest": hashlib.sha256(dataset).hexdigest(), "words": len(vocab),
+            "pid": os.getpid()})
+
+
+class UsesDataset(Trainable):
+    def setup(self, config: dict[str, Any], *, dataset: bytes = b"",
+              vocab: dict[str, int] | None = None) -> None:
+        self.size = len(dataset)
+
+    def step(self) -> dict[str, Any]:
+        return {"size": self.size, "done": True}
+
+
+def test_shared_objects_reach_every_trial_once_and_are_never_stored(tmp_path: Path) -> None:
+    """with_parameters: each trial process gets the objects, its job stays small (they
+    are written to one file, not pickled into each trial), and no stored file holds them."""
+    import hashlib
+
+    import cloudpickle
+
+    from prefect_tune.flows import with_parameters
+
+    trainable = with_parameters(uses_dataset, dataset=BIG, vocab={"a": 1, "b": 2})
+    grid = Tuner(trainable, param_space={"i": grid_search([0, 1, 2])},
+                 run_config=RunConfig(name="shared", storage_path=str(tmp_path))).fit()
+    assert grid.num_terminated == 3
+    assert {r.metrics["digest"] for r in grid} == {hashlib.sha256(BIG).hexdigest()}
+    assert {r.metrics["words"] for r in grid} == {2}
+    assert os.getpid() not in {r.metrics["pid"] for r in grid}  # in child processes
+    assert len(cloudpickle.dumps(trainable)) < 64 << 10  # the path, not the 4 MiB
+    stored = max(p.stat().st_size for p in (tmp_path / "shared").rglob("*") if p.is_file())
+    assert stored < 1 << 20
+    classy = with_parameters(UsesDataset, dataset=BIG)
+    grid = Tuner(classy, run_config=RunConfig(name="cls", storage_path=str(tmp_path))).fit()
+    assert grid[0].metrics["size"] == len(BIG)
