@@ -15,7 +15,7 @@ import re
 import shutil
 import stat
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from fsspec.registry import known_implementations
 
 from prefect_tune.storage.checkpoint import Checkpoint
 from prefect_tune.storage.errors import CheckpointError, ConfigError, StorageError
-from prefect_tune.storage.layout import MANIFEST, token
+from prefect_tune.storage.layout import MANIFEST, is_leftover, token
 
 _PROBE_BYTES = b"prefect-tune storage probe\n"
 #: Characters fsspec expands as glob patterns where it takes several paths.
@@ -190,8 +190,9 @@ class Storage:
         except FileNotFoundError:
             pass
 
-    def remove_leftovers(self, root: str, is_leftover: Callable[[str], bool]) -> None:
-        """Remove files named `is_leftover` in `root` and, locally, one level below it:
+    def remove_leftovers(self, root: str) -> None:
+        """Remove the temp files killed writers left (`layout.is_leftover`) in `root` and,
+        locally, one level below it:
         killed local writers leave temp files in trial directories, object stores (whose
         PUTs are atomic) only the probe's in `root`."""
         directories = [root]

@@ -41,12 +41,12 @@ class ResultLog:
         self._rows: list[dict[str, Any]] = []
         self._columns: dict[str, int] = {}
         self._lines: list[tuple[str, int]] = []  # each row's CSV cells and its last column
-        self._rewritten_at = 0  # rows progress.csv held when it was last rewritten
         for row in rows:
             self._remember(row)
         self._json = storage.appender(f"{directory}/{RESULT_LOG}", self._json_text().encode())
         self._csv = storage.appender(f"{directory}/{PROGRESS}", self._csv_text().encode())
-        self._rewritten_at, self._stale = len(self._rows), False
+        self._shown = bool(self._rows)  # whether progress.csv holds any row yet
+        self._stale = False  # rows with new columns wait for the next rewrite
         self._events = open_event_log(
             storage, directory,
             purge_step=int(self._rows[-1]["training_iteration"]) + 1 if self._rows else None,
@@ -76,7 +76,7 @@ class ResultLog:
         self._json.write((json.dumps(row) + "\n").encode())
         if widened or self._stale:
             self._stale = True
-            if not self._rewritten_at:  # the first rows show at once
+            if not self._shown:  # the first rows show at once
                 self._rewrite_csv()
         else:
             self._csv.write(self._line(*self._lines[-1]).encode())
@@ -109,7 +109,7 @@ class ResultLog:
 
     def _rewrite_csv(self) -> None:
         self._csv.replace(self._csv_text().encode())
-        self._rewritten_at, self._stale = len(self._rows), False
+        self._shown, self._stale = bool(self._rows), False
 
     def _line(self, cells: str, last: int) -> str:
         return cells + "," * (len(self._columns) - 1 - last) + "\n"

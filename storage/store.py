@@ -21,7 +21,6 @@ from prefect_tune.storage.layout import (
     STORAGE_MARKER,
     TRIAL_STATE,
     ExperimentLayout,
-    is_leftover,
     token,
 )
 from prefect_tune.storage.lease import Lease, Logger
@@ -62,7 +61,7 @@ class ExperimentStore:
     def remove_leftovers(self) -> None:
         """Remove the temp files killed writers left in the experiment directory (call
         it holding the lease: then no other run is writing them)."""
-        self.storage.remove_leftovers(self.layout.root, is_leftover)
+        self.storage.remove_leftovers(self.layout.root)
 
     def lease(self, run: str | None, logger: Logger) -> Lease:
         """Take the experiment's lease for run `run` (a flow run id).
