@@ -21,6 +21,7 @@ FULL = {
     "throughput": [],
     "scale": [],
     "metric_names": [],
+    "startup": [],
 }
 QUICK = {
     "sweep": ["--runs", "1", "--api", "ephemeral", "--trials", "4", "--iterations", "3",
@@ -29,6 +30,7 @@ QUICK = {
     "throughput": ["--runs", "1", "--mib", "4"],
     "scale": ["--sizes", "10", "20", "--no-baseline"],
     "metric_names": ["--runs", "1", "--reports", "200"],
+    "startup": ["--runs", "1", "--trials", "4"],
 }
 
 

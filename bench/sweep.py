@@ -2,7 +2,8 @@
 
 Every figure is the median of `--runs` whole-process runs (start-up included), the
 variants interleaved round by round so drift hits them alike:
-- tune-thread / tune-process: prefect-tune, trials in threads / one process per trial;
+- tune-thread / tune-process / tune-spawn: prefect-tune, trials in threads / in processes
+  forked from the sweep's warm worker / each in a new interpreter;
 - prefect / prefect-pool: bare Prefect, the same tasks writing the same files with plain
   Python I/O and no bookkeeping, on the ThreadPool / ProcessPool task runner;
 - python-pool: plain Python with a process pool (the physical floor);
@@ -39,7 +40,8 @@ from common import (
     write_outputs,
 )
 
-PREFECT_VARIANTS = ("startup", "prefect", "tune-thread", "prefect-pool", "tune-process")
+PREFECT_VARIANTS = ("startup", "prefect", "tune-thread", "prefect-pool", "tune-process",
+                    "tune-spawn")
 OTHER_VARIANTS = ("python-pool", "ray", "ray-reuse")
 DEFAULT_RAY_PYTHON = os.path.join(HERE, ".venv-ray", "bin", "python")
 
@@ -106,7 +108,7 @@ def measure(variant: str, workload: Workload) -> None:
             run_empty_flow()
         elif variant in ("prefect", "prefect-pool"):
             run_bare_prefect(workload, root, pool=variant == "prefect-pool")
-        elif variant in ("tune-thread", "tune-process"):
+        elif variant in ("tune-thread", "tune-process", "tune-spawn"):
             run_tune(workload, root, variant.removeprefix("tune-"))
         elif variant == "python-pool":
             run_python_pool(workload, root)
@@ -180,12 +182,16 @@ def report(samples: dict[str, list[dict[str, Any]]], workload: Workload,
     rows = []
     for key in samples:
         variant, _, api = key.partition("@")
-        base = {"tune-thread": "prefect", "tune-process": "prefect-pool"}.get(variant)
+        base = {"tune-thread": "prefect", "tune-process": "prefect-pool",
+                "tune-spawn": "prefect-pool"}.get(variant)
+        threads = wall.get(f"tune-thread@{api}")
         startup = wall.get(f"startup@{api}") if api else None
         rows.append([
             key, wall[key], inner[key],
             f"{startup / wall[key]:.0%}" if startup and variant != "startup" else "",
             f"{wall[key] / wall[f'{base}@{api}']:.3f}" if base and f"{base}@{api}" in wall else "",
+            f"{wall[key] / threads:.3f}" if threads and variant in ("tune-process", "tune-spawn")
+            else "",
             *(f"{wall[r] / wall[key]:.2f}x" if r in wall and variant.startswith("tune") else ""
               for r in ("ray", "ray-reuse")),
         ])
@@ -194,7 +200,8 @@ def report(samples: dict[str, list[dict[str, Any]]], workload: Workload,
         f"{workload.checkpoint_kib} KiB checkpoint every {workload.every}, "
         f"{workload.concurrency} at a time; medians of {args.runs} whole-process runs.\n\n"
         + table(["variant@api", "process s", "sweep call s", "start-up share",
-                 "vs bare Prefect", "faster than Ray", "faster than Ray reuse"], rows)
+                 "vs bare Prefect", "vs tune-thread", "faster than Ray",
+                 "faster than Ray reuse"], rows)
     )
     write_outputs(args.out, "sweep", {"workload": workload.__dict__, "runs": samples,
                                       "median_process_s": wall}, markdown)

@@ -22,11 +22,14 @@ class TuneConfig:
         num_samples: How often the search space is sampled; repeats the whole grid.
         max_concurrent_trials: Trials running at once; default: the CPU count.
         seed: Makes sampling reproducible.
-        isolation: How each trial attempt runs: "process" (default) in a child process of
-            its task, so that a hard death (SIGKILL, out of memory, a segfault) is a
-            retried failure; "thread" in the task's thread, for trials too small to pay
-            for a process start (about 0.2 s). Trials on memory:// storage, which lives
-            in one process, always run in a thread.
+        isolation: How each trial attempt runs: "process" (default) in a process of its
+            own, forked in milliseconds from the sweep's warm worker, which imported the
+            trainable's module once; "spawn" in a new interpreter that imports it again
+            (for modules that start threads or CUDA at import, or must not be forked);
+            either way a hard death (SIGKILL, out of memory, a segfault) is a retried
+            failure, and nothing one attempt changes reaches another. "thread" runs it
+            in the task's thread: no isolation at all. Trials on memory:// storage, which
+            lives in one process, always run in a thread.
         tag_trials: Tag each trial's task run with the experiment name (the flow run is
             always tagged). Prefect acquires tag concurrency slots through its API for
             every tagged task run, a round trip that waits behind the server's event
@@ -47,7 +50,7 @@ class TuneConfig:
     num_samples: int = 1
     max_concurrent_trials: int | None = None
     seed: int | None = None
-    isolation: Literal["process", "thread"] = "process"
+    isolation: Literal["process", "spawn", "thread"] = "process"
     tag_trials: bool = True
     resources_per_trial: Mapping[str, float] | None = None
     task_runner: TaskRunner[Any] | None = field(default=None, compare=False)
@@ -73,9 +76,9 @@ class TuneConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{name}={value!r} is invalid: use an integer >= {minimum}")
-        if self.isolation not in ("process", "thread"):
+        if self.isolation not in ("process", "spawn", "thread"):
             raise ConfigError(
-                f'isolation={self.isolation!r} is invalid: use "process" or "thread"'
+                f'isolation={self.isolation!r} is invalid: use "process", "spawn" or "thread"'
             )
         if self.task_runner is not None and not isinstance(self.task_runner, TaskRunner):
             raise ConfigError(

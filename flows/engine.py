@@ -8,6 +8,7 @@ submitted at a time, whatever the flow's task runner.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
-from prefect_tune.flows.resources import visible_gpus
+from prefect_tune.flows.resources import dask_resources, on_dask
 from prefect_tune.flows.results import Result, ResultGrid, metric_column
 from prefect_tune.storage import (
     ConfigError,
@@ -38,6 +39,7 @@ from prefect_tune.storage.layout import PREFECT_RESULTS
 from prefect_tune.storage.scratch import clean_scratch
 from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks import bookkeeping
+from prefect_tune.tasks.forkserver import close_workers
 from prefect_tune.tasks.plan import TrialPlan
 from prefect_tune.tasks.trial import TrialWork, run_trial
 
@@ -129,13 +131,17 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         store.storage, store.layout.join(PREFECT_RESULTS)
     )
     outcomes = {o.trial_id: o for o in trials.kept + trials.stopped}
-    for outcome in _run_window(plan, trial_task, trial_plan, trials.work):
-        outcomes[outcome.trial_id] = outcome
-        progress.advance(len(outcomes))
-        if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
-                and not stop.is_set():
-            logger.error("fail_fast: trial %s failed; stopping the sweep", outcome.trial_name)
-            stop.set()
+    try:
+        for outcome in _run_window(plan, trial_task, trial_plan, trials.work):
+            outcomes[outcome.trial_id] = outcome
+            progress.advance(len(outcomes))
+            if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
+                    and not stop.is_set():
+                logger.error("fail_fast: trial %s failed; stopping the sweep",
+                             outcome.trial_name)
+                stop.set()
+    finally:
+        close_workers(trial_plan.sweep)  # those of other hosts (Dask) exit when idle
     if lost:
         raise lost[0]
     grid = ResultGrid([Result(outcomes[spec.trial_id], store) for spec in record.trials],
@@ -191,17 +197,13 @@ def _run_window(
     running: dict[PrefectFuture[Any], TrialWork] = {}
     queued = iter(work)
     store = trial_plan.store
-    gpus = trial_plan.resources.gpu if trial_plan.resources else 0
-    free = visible_gpus() if gpus else []  # the concurrency leaves enough for every trial
 
     def submit_next() -> None:
         item = next(queued, None)
         if item is None:
             return
-        if gpus:
-            item = replace(item, devices=tuple(free[:gpus]))
-            del free[:gpus]
-        with tags(*([plan.name] if plan.tune_config.tag_trials else [])):
+        with tags(*([plan.name] if plan.tune_config.tag_trials else [])), \
+                _dask_placement(plan):
             future = trial_task.submit(trial_plan, item)
         running[future] = item
         future.add_done_callback(finished.put)
@@ -211,12 +213,21 @@ def _run_window(
     while running:
         future = finished.get()
         item = running.pop(future)
-        free.extend(item.devices)
         yield _outcome(future, item, store)
         if not trial_plan.stop.is_set():
             submit_next()
     for item in queued:  # the sweep stopped (fail_fast): these never start
         yield _record(store, item, TrialStatus.STOPPED)
+
+
+def _dask_placement(plan: SweepPlan) -> contextlib.AbstractContextManager[Any]:
+    """On Dask, trials asking for resources take them from the worker that runs them."""
+    resources = plan.resources
+    if resources is None or not on_dask(plan.tune_config.task_runner):
+        return contextlib.nullcontext()
+    from dask.base import annotate
+
+    return annotate(resources=dask_resources(resources))
 
 
 def _record(store: ExperimentStore, work: TrialWork, status: TrialStatus,

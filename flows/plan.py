@@ -11,10 +11,17 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from prefect_tune.flows.config import TuneConfig
-from prefect_tune.flows.resources import capacity, resources_of, visible_gpus
+from prefect_tune.flows.resources import (
+    capacity,
+    check_isolation,
+    cluster_capacity,
+    on_dask,
+    resources_of,
+)
 from prefect_tune.flows.search_space import generate_configs, space_to_json
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -33,6 +40,7 @@ from prefect_tune.storage import (
 from prefect_tune.storage.config import DEFAULT_STORAGE_PATH, StopCondition
 from prefect_tune.storage.layout import new_trial_prefix, trial_id, trial_name
 from prefect_tune.storage.state import ExperimentRecord
+from prefect_tune.tasks.devices import visible_gpus
 from prefect_tune.tasks.plan import Resources
 from prefect_tune.tasks.trial import TrialWork
 
@@ -79,18 +87,23 @@ class SweepPlan:
         spec = self.tune_config.resources_per_trial
         return Resources.parse(spec) if spec is not None else resources_of(self.trainable)
 
-    @property
+    @cached_property
     def concurrency(self) -> int:
-        """max_concurrent_trials (default: the CPU count), at most as many as fit.
+        """max_concurrent_trials (default: the CPU count), at most as many as fit on this
+        machine, or on the Dask cluster.
 
         Raises:
-            ConfigError: a trial asks for more than this machine has.
+            ConfigError: a trial asks for more than this machine (any Dask worker) has.
         """
-        wanted = self.tune_config.max_concurrent_trials or os.cpu_count() or 1
+        tune = self.tune_config
+        wanted = tune.max_concurrent_trials or os.cpu_count() or 1
         resources = self.resources
         if resources is None:
             return wanted
-        return min(wanted, capacity(resources, visible_gpus(), self.tune_config.isolation))
+        if on_dask(tune.task_runner):
+            check_isolation(resources, tune.isolation)
+            return min(wanted, cluster_capacity(tune.task_runner, resources) or wanted)
+        return min(wanted, capacity(resources, visible_gpus(), tune.isolation))
 
     @property
     def ranking(self) -> Ranking:

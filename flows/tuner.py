@@ -247,13 +247,18 @@ def check_trainable(trainable: object, checkpoints: CheckpointConfig) -> None:
 
 def tune_flow(plan: SweepPlan) -> Flow[[], State[Any]]:
     """The flow `Tuner.fit()` runs: named after the experiment, secrets kept out of its
-    parameters (they show only the experiment, trainable and search space)."""
+    parameters (they show only the experiment, trainable and search space).
+
+    Raises:
+        ConfigError: trials ask for more resources than the machine (any Dask worker) has.
+    """
+    concurrency = plan.concurrency  # checked before anything runs
 
     @flow(
         name="sweep",
         flow_run_name=plan.name,
         task_runner=plan.tune_config.task_runner
-        or cast(TaskRunner[Any], ThreadPoolTaskRunner(max_workers=plan.concurrency)),
+        or cast(TaskRunner[Any], ThreadPoolTaskRunner(max_workers=concurrency)),
         persist_result=False,
     )
     def sweep(

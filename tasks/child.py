@@ -1,10 +1,12 @@
-"""Process isolation: each trial attempt runs in a child process of the trial task.
+"""Process isolation: each trial attempt runs in a process of its own.
 
-A trial that dies hard (SIGKILL, the out-of-memory killer, `os._exit`, a segfault) takes
-only its child with it; the task turns the death into `TrialCrashed`, an ordinary
-retried failure. The child gets (plan, spec, attempt) as a frame on its stdin (see
-`prefect_tune.tasks.process`) and answers with one frame: ("ok", outcome) or ("error",
-outcome, cause).
+With `isolation="process"` the child is forked from the sweep's warm worker, which has
+imported the trainable's module once (`prefect_tune.tasks.forkserver`); with "spawn" it
+is a new interpreter. A trial that dies hard (SIGKILL, the out-of-memory killer,
+`os._exit`, a segfault) takes only its child with it; the task turns the death into
+`TrialCrashed`, an ordinary retried failure. The child gets (plan, spec, attempt, the
+time the attempt began) as a frame on its stdin (see `prefect_tune.tasks.process`) and
+answers with one frame: ("ok", outcome) or ("error", outcome, cause).
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import logging
 import os
 import pickle
 import subprocess
-import sys
 import threading
+import time
 from typing import Any
 
 import cloudpickle
@@ -29,10 +31,12 @@ from prefect_tune.storage import (
     TrialStopped,
 )
 from prefect_tune.tasks.execute import execute
+from prefect_tune.tasks.forkserver import ForkedProcess, WorkerGone, warm_worker
 from prefect_tune.tasks.plan import TrialPlan
 from prefect_tune.tasks.process import (
     Logger,
     describe_exit,
+    finish,
     frame,
     read_frame,
     send,
@@ -47,15 +51,16 @@ STOP_GRACE_SECONDS = 5.0
 
 def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
                  devices: tuple[str, ...] = ()) -> TrialOutcome:
-    """Run `execute(plan, spec, attempt)` in a fresh Python process (given `devices`, its
+    """Run `execute(plan, spec, attempt)` in a process of its own (given `devices`, its
     GPUs, and the CPU threads of `plan.resources`); return its outcome.
 
     Raises:
         TrialError: the trial failed; for a hard death its cause is TrialCrashed.
         TrialStopped: the sweep stopped it (`plan.stop`); the child was terminated.
     """
+    begun = time.time()
     try:
-        job = frame((plan, spec, attempt))
+        job = frame((plan, spec, attempt, begun))
     except Exception as exc:  # noqa: BLE001 - whatever pickling raises is the cause
         error = ConfigError(
             f"trainable {plan.trainable!r} cannot be sent to the trial's process: "
@@ -64,14 +69,12 @@ def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
             'TuneConfig(isolation="thread")'
         )
         raise _failure(plan, spec, attempt, error, logger) from error
-    env = None if plan.resources is None else \
-        {**os.environ, **plan.resources.environment(devices)}
-    process, replies, forwarders = spawn("prefect_tune.tasks.child", logger, env=env)
+    process, replies, forwarders = _start(plan, devices, logger)
     reply: list[Any] = []
     reader = threading.Thread(target=_read_reply, args=(replies, reply), daemon=True)
     reader.start()
     with process:
-        send(process, job)
+        send(process.stdin, job)
         stopped = _wait(process, plan.stop)
         for thread in (reader, *forwarders):
             thread.join(STOP_GRACE_SECONDS)  # a grandchild may hold the pipes open
@@ -90,6 +93,23 @@ def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
     raise TrialError(outcome) from cause
 
 
+def _start(plan: TrialPlan, devices: tuple[str, ...], logger: Logger
+           ) -> tuple[subprocess.Popen[bytes] | ForkedProcess, int, list[threading.Thread]]:
+    """The attempt's process: forked from the sweep's warm worker (replaced once if it
+    died), or a new interpreter."""
+    env = plan.resources.environment(devices) if plan.resources else {}
+    if plan.isolation == "process":
+        for _ in range(2):
+            worker = warm_worker(plan.trainable, plan.sweep, logger)
+            if worker is None:
+                break
+            try:
+                return worker.start(env, logger)
+            except WorkerGone:
+                continue
+    return spawn("prefect_tune.tasks.child", logger, env={**os.environ, **env} if env else None)
+
+
 def _read_reply(fd: int, reply: list[Any]) -> None:
     try:
         reply.append(read_frame(fd))
@@ -97,7 +117,7 @@ def _read_reply(fd: int, reply: list[Any]) -> None:
         pass  # the child died without answering
 
 
-def _wait(process: subprocess.Popen[bytes], stop: threading.Event) -> bool:
+def _wait(process: subprocess.Popen[bytes] | ForkedProcess, stop: threading.Event) -> bool:
     """Wait for the child to exit; terminate it once `stop` is set. True if stopped."""
     while True:
         try:
@@ -135,10 +155,14 @@ def _failure(plan: TrialPlan, spec: TrialSpec, attempt: int, cause: Exception,
     ))
 
 
-def main() -> int:
-    """The child: run one trial attempt, send the reply, exit 0."""
-    out, (plan, spec, attempt) = start_worker()
+def serve(out: int | None = None) -> int:
+    """In the child: run the attempt on stdin, send the reply to the message pipe (`out`
+    if given: a forked child has it), return 0."""
+    how = "a new interpreter" if out is None else "forked from the sweep's warm worker"
+    out, (plan, spec, attempt, begun) = start_worker(out=out)
     logger = logging.getLogger("prefect_tune.trial")
+    logger.info("trial %s attempt %d: its process started in %.0f ms (%s)", spec.trial_name,
+                attempt, (time.time() - begun) * 1000, how)
     reply: tuple[Any, ...]
     try:
         reply = ("ok", execute(plan, spec, attempt, logger))
@@ -157,4 +181,4 @@ def _portable(error: BaseException | None) -> BaseException | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(serve())

@@ -105,7 +105,7 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
                 new_session=True,
             )
             ranks.append(_Rank(number, process, pipe))
-            send(process, frame(RankJob(train_loop, config, session.restored, context)))
+            send(process.stdin, frame(RankJob(train_loop, config, session.restored, context)))
             threading.Thread(target=_receive, args=(ranks[-1], inbox), name="rank-messages",
                              daemon=True).start()
         ack = frame("ack")
@@ -133,7 +133,7 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
             finally:
                 shutil.rmtree(merged, ignore_errors=True)
             for rank in ranks:
-                send(rank.process, ack)
+                send(rank.process.stdin, ack)
 
 
 def rank_environment(rank: int, world: int, port: int, scaling: ScalingConfig,

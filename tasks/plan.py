@@ -7,6 +7,7 @@ each layer reads what it needs from it, so nothing is re-packed on the way.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from prefect_tune.storage import (
 )
 from prefect_tune.storage.config import StopCondition
 
-Isolation = Literal["process", "thread"]
+Isolation = Literal["process", "spawn", "thread"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class TrialPlan:
         checkpoint_config: What to keep, and when a class trainable saves.
         ranking: What ranks checkpoints (retention, best checkpoint, best score).
         max_failures: Retries per trial; -1 without limit.
-        isolation: "process" runs each attempt in a child process (a hard death is a
+        isolation: "process" runs each attempt in a process forked from the sweep's
+            warm worker, "spawn" in a new interpreter (either way a hard death is a
             retried failure); "thread" in the trial task's thread.
         stop_condition: Ends a trial as finished (RunConfig.stop).
         tensorboard: Trials also write TensorBoard event files.
@@ -79,6 +81,7 @@ class TrialPlan:
         marker: The storage marker every trial checks first.
         resources: What each trial needs (its process gets its GPUs and CPU threads).
         stop: Once set, the sweep's trials stop (fail_fast); never leaves this process.
+        sweep: Names this run of the sweep (its warm workers are its own).
     """
 
     trainable: Callable[[dict[str, Any]], Any]
@@ -94,6 +97,7 @@ class TrialPlan:
     marker: StorageMarker | None = None
     resources: Resources | None = None
     stop: threading.Event = field(default_factory=threading.Event, compare=False)
+    sweep: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything but the stop event, which cannot leave this process: a plan sent to

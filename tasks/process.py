@@ -11,6 +11,7 @@ worker's own log records, marked on stderr, at their level).
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
 import os
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import cloudpickle
 
@@ -68,8 +69,10 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 def spawn(module: str, logger: Logger, *, prefix: str = "",
           env: Mapping[str, str] | None = None, new_session: bool = False,
+          pass_fds: tuple[int, ...] = (),
           ) -> tuple[subprocess.Popen[bytes], int, list[threading.Thread]]:
-    """Start `python -m module <fd>` with this process's sys.path, forwarding its output.
+    """Start `python -m module <fd> [<pass_fds>...]` with this process's sys.path,
+    forwarding its output.
 
     Returns the process, the read end of its message pipe (the caller closes it) and
     the threads forwarding its stdout and stderr.
@@ -77,9 +80,9 @@ def spawn(module: str, logger: Logger, *, prefix: str = "",
     read_end, write_end = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", module, str(write_end)],
+            [sys.executable, "-m", module, str(write_end), *map(str, pass_fds)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=None if env is None else dict(env), pass_fds=(write_end,),
+            env=None if env is None else dict(env), pass_fds=(write_end, *pass_fds),
             start_new_session=new_session,
         )
     except BaseException:
@@ -90,16 +93,16 @@ def spawn(module: str, logger: Logger, *, prefix: str = "",
     assert process.stdin and process.stdout and process.stderr
     forwarders = [forward_output(process.stdout, logger, logging.INFO, prefix),
                   forward_output(process.stderr, logger, logging.WARNING, prefix)]
-    send(process, frame(sys.path))
+    send(process.stdin, frame(sys.path))
     return process, read_end, forwarders
 
 
-def send(process: subprocess.Popen[bytes], data: bytes) -> None:
-    """Write frame `data` to a worker's stdin; a worker that died is left to its exit
+def send(stdin: IO[bytes] | None, data: bytes) -> None:
+    """Write frame `data` to a worker's `stdin`; a worker that died is left to its exit
     status to explain."""
-    assert process.stdin is not None
+    assert stdin is not None
     try:
-        write_frame(process.stdin.fileno(), data)
+        write_frame(stdin.fileno(), data)
     except BrokenPipeError:
         pass
 
@@ -130,20 +133,31 @@ def describe_exit(returncode: int | None) -> str:
         name = signal.Signals(-returncode).name
         hint = " (the out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
         return f"killed by {name}{hint}"
+    if returncode is None:
+        return "exit status unknown (the warm worker that forked it died first)"
     return f"exit status {returncode}"
 
 
-def start_worker(on_message: Callable[[Any], None] = lambda message: None) -> tuple[int, Any]:
-    """In the worker: take the parent's sys.path, log records to stderr, and watch stdin
-    for further frames (each passed to `on_message`) until it closes, then exit.
-
-    Returns the fd of the message pipe to the parent and the parent's second frame.
-    """
-    out = int(sys.argv[1])
+def take_path() -> None:
+    """In a new interpreter: put the parent's sys.path (its first frame on stdin) first."""
     sys.path[:0] = [p for p in read_frame(0) if p not in sys.path]
+
+
+def start_worker(on_message: Callable[[Any], None] = lambda message: None,
+                 out: int | None = None) -> tuple[int, Any]:
+    """In the worker: take the parent's sys.path (unless `out`, the message pipe, is
+    given: a forked worker has it), log records to stderr, and watch stdin for further
+    frames (each passed to `on_message`) until it closes, then exit.
+
+    Returns the fd of the message pipe to the parent and the parent's next frame.
+    """
+    if out is None:
+        out = int(sys.argv[1])
+        take_path()
     job = read_frame(0)
+    # force: importing the trainable's module may have configured logging (prefect does)
     logging.basicConfig(level=logging.INFO, format=f"{LOG_RECORD}%(levelno)d %(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)
 
     def watch() -> None:
         try:
@@ -154,3 +168,15 @@ def start_worker(on_message: Callable[[Any], None] = lambda message: None) -> tu
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
     return out, job
+
+
+def finish(code: int) -> NoReturn:
+    """End the worker now: run its exit handlers, flush its logs and output, and exit
+    without waiting for threads its trial left running."""
+    try:
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

@@ -27,6 +27,7 @@ from prefect_tune.storage import (
     TrialStopped,
 )
 from prefect_tune.tasks.child import run_in_child
+from prefect_tune.tasks.devices import claim
 from prefect_tune.tasks.execute import execute
 from prefect_tune.tasks.plan import TrialPlan
 
@@ -34,12 +35,11 @@ from prefect_tune.tasks.plan import TrialPlan
 @dataclass(frozen=True)
 class TrialWork:
     """One trial to run: its spec, its outcome stored by an earlier run (None for a new
-    trial), whether to start it from scratch, and the GPUs it was given."""
+    trial), and whether to start it from scratch."""
 
     spec: TrialSpec
     prior: TrialOutcome | None = None
     restart: bool = False
-    devices: tuple[str, ...] = ()
 
     @property
     def prior_attempts(self) -> int:
@@ -102,8 +102,9 @@ def run_trial(plan: TrialPlan, work: TrialWork) -> TrialOutcome:
         # shows that it started).
         store.write_trial_state(_state(spec, TrialStatus.RUNNING, attempt))
     try:
-        if plan.isolation == "process" and not store.storage.is_in_memory:
-            outcome = run_in_child(plan, spec, attempt, logger, work.devices)
+        if plan.isolation != "thread" and not store.storage.is_in_memory:
+            with claim(plan.resources.gpu if plan.resources else 0) as devices:
+                outcome = run_in_child(plan, spec, attempt, logger, devices)
         else:
             outcome = execute(plan, spec, attempt, logger)
     except TrialStopped:

@@ -1,6 +1,7 @@
 """Sweeps whose trials run on a Dask cluster of real worker processes: they really spread
-over the workers, a worker killed mid-trial costs only a retry from the checkpoint, and a
-worker that cannot see the experiment's storage fails its trial at once, naming its host.
+over the workers, a worker killed mid-trial costs only a retry from the checkpoint, a
+worker that cannot see the experiment's storage fails its trial at once, naming its host,
+and trials asking for GPUs run as many at once as each worker declares, on its own ones.
 
 The "other host" is a Dask worker in its own mount and UTS namespaces (`unshare`), where
 the storage path is bind-mounted to a different directory: the same path, another disk.
@@ -25,8 +26,8 @@ pytest.importorskip("prefect_dask", reason="prefect-dask is not installed")
 from distributed import Client, LocalCluster
 from prefect_dask import DaskTaskRunner
 
-from prefect_tune.flows import TuneConfig, Tuner, grid_search
-from prefect_tune.storage import Checkpoint, FailureConfig, RunConfig, TrialStatus
+from prefect_tune.flows import TuneConfig, Tuner, grid_search, with_resources
+from prefect_tune.storage import Checkpoint, ConfigError, FailureConfig, RunConfig, TrialStatus
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
 from ..conftest import CallLog, make_backend
@@ -52,10 +53,15 @@ def worker_pids(cluster: LocalCluster) -> set[int]:
         return set(client.run(os.getpid).values())
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def meet(config: dict[str, Any]) -> None:
-    """Report the Dask worker process this trial runs under, after waiting (at most 60 s)
-    until trials have arrived from two different workers."""
-    worker = os.getppid() if config["isolation"] == "process" else os.getpid()
+    """Report the Dask worker process this trial runs under (with process isolation, the
+    parent of the warm worker that forked the trial's process), after waiting (at most
+    60 s) until trials have arrived from two different workers."""
+    worker = parent_of(os.getppid()) if config["isolation"] == "process" else os.getpid()
     arrivals = Path(config["arrivals"])
     (arrivals / str(worker)).touch()
     deadline = time.monotonic() + 60
@@ -184,3 +190,65 @@ def test_a_worker_that_cannot_see_local_storage_fails_at_once_naming_its_host(
     assert log.calls() == []  # the trainable never ran, and it was not retried
     assert Tuner.restore(str(storage / "exp"), never).get_results()[0].status \
         is TrialStatus.ERROR
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(prefect_server: str) -> Iterator[LocalCluster]:
+    """Two worker processes of two threads, each declaring two GPUs (the fake device ids
+    0 and 1 of its CUDA_VISIBLE_DEVICES: no GPU is here)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(ROOT)
+        patch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+        with LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
+                          resources={"GPU": 2}, dashboard_address=":0",
+                          host="127.0.0.1") as local:
+            yield local
+
+
+def gpu_probe(config: dict[str, Any]) -> None:
+    """Report this trial's Dask worker and GPUs once `config["total"]` trials run at once
+    (or 60 s have passed)."""
+    arrivals = Path(config["arrivals"])
+    (arrivals / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(arrivals)) < config["total"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report({"worker": parent_of(os.getppid()), "together": len(os.listdir(arrivals)),
+            "gpus": os.environ["CUDA_VISIBLE_DEVICES"]})
+
+
+def test_each_dask_worker_runs_as_many_trials_as_its_gpus_each_on_its_own(
+    gpu_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    arrivals = tmp_path / "arrivals"
+    arrivals.mkdir()
+    grid = Tuner(
+        with_resources(gpu_probe, {"gpu": 1}),
+        param_space={"i": grid_search([0, 1, 2, 3]), "arrivals": str(arrivals), "total": 4},
+        tune_config=TuneConfig(task_runner=DaskTaskRunner(
+            address=gpu_cluster.scheduler_address), max_concurrent_trials=8),
+        run_config=RunConfig(name="gpus", storage_path=str(tmp_path / "runs")),
+    ).fit()
+
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 4
+    assert {r.metrics["together"] for r in grid} == {4}  # all four ran at once
+    by_worker: dict[int, list[str]] = {}
+    for result in grid:
+        by_worker.setdefault(result.metrics["worker"], []).append(result.metrics["gpus"])
+    assert set(by_worker) == worker_pids(gpu_cluster)
+    assert all(sorted(gpus) == ["0", "1"] for gpus in by_worker.values())
+
+
+def test_a_trial_asking_more_than_any_dask_worker_declares_is_refused(
+    gpu_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    tuner = Tuner(
+        with_resources(gpu_probe, {"gpu": 3}),
+        tune_config=TuneConfig(task_runner=DaskTaskRunner(
+            address=gpu_cluster.scheduler_address)),
+        run_config=RunConfig(name="too-big", storage_path=str(tmp_path / "runs")),
+    )
+    with pytest.raises(ConfigError, match=r"a trial asks for \{'GPU': 3.0\}, but no Dask "
+                                          r"worker declares that much.*--resources \"GPU=3\""):
+        tuner.fit()
+    assert not (tmp_path / "runs" / "too-big").exists()
