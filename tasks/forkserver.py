@@ -238,6 +238,7 @@ def close_workers(sweep: str) -> None:
 
 def main() -> int:
     """The warm worker: load the trainable, answer, then fork children on request."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C ends its parent, and so it
     take_path()
     data = read_frame(0)
     out, control = int(sys.argv[1]), socket.socket(fileno=int(sys.argv[2]))
@@ -297,6 +298,7 @@ def _child(env: dict[str, str], stdin: int, stdout: int, stderr: int, reply: int
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
             os.dup2(fd, target)
             os.close(fd)
