@@ -3,11 +3,15 @@
 from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.resources import with_parameters, with_resources
 from prefect_tune.flows.results import Result, ResultGrid
+from prefect_tune.flows.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
 from prefect_tune.flows.trainer import Trainer
 from prefect_tune.flows.tuner import Tuner
 
 __all__ = [
+    "ASHAScheduler",
+    "FIFOScheduler",
+    "MedianStoppingRule",
     "Result",
     "ResultGrid",
     "Trainer",

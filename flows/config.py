@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from prefect.task_runners import TaskRunner
 
+from prefect_tune.flows.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    Scheduler,
+    scheduler_from_json,
+)
 from prefect_tune.storage import ConfigError
-from prefect_tune.tasks.plan import Resources
+from prefect_tune.tasks.plan import Resources, SchedulerRule
+
+SCHEDULERS = (ASHAScheduler, FIFOScheduler, MedianStoppingRule)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,9 @@ class TuneConfig:
         resources_per_trial: {"cpu": n, "gpu": m} each trial needs (see `with_resources`,
             which attaches the same to a trainable; this setting wins). Stored with the
             experiment.
+        scheduler: Stops trials that are doing badly (`prefect_tune.flows.schedulers`:
+            ASHAScheduler, MedianStoppingRule); default: FIFOScheduler, every trial runs
+            to its end. Stored with the experiment, so a restore goes on with it.
         task_runner: The Prefect task runner the trials run on; default: a thread pool
             of `max_concurrent_trials` in the flow's process. For trials on several
             machines use prefect-dask's `DaskTaskRunner(address="tcp://scheduler:8786")`
@@ -53,11 +65,22 @@ class TuneConfig:
     isolation: Literal["process", "spawn", "thread"] = "process"
     tag_trials: bool = True
     resources_per_trial: Mapping[str, float] | None = None
+    scheduler: Scheduler | None = None
     task_runner: TaskRunner[Any] | None = field(default=None, compare=False)
 
     def stored(self) -> dict[str, Any]:
         """The settings experiment.json keeps: all but the task runner."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task_runner"}
+        stored = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("task_runner", "scheduler")}
+        if self.scheduler is not None:
+            stored["scheduler"] = self.scheduler.to_json()
+        return stored
+
+    def rule(self) -> SchedulerRule | None:
+        """What the scheduler decides inside each trial (None: nothing)."""
+        if self.scheduler is None:
+            return None
+        return cast(SchedulerRule | None, self.scheduler.bind(self.metric, self.mode))
 
     def __post_init__(self) -> None:
         if self.mode not in (None, "min", "max"):
@@ -89,3 +112,12 @@ class TuneConfig:
             Resources.parse(self.resources_per_trial)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed={self.seed!r} is invalid: use an integer")
+        if isinstance(self.scheduler, Mapping):  # as experiment.json keeps it
+            object.__setattr__(self, "scheduler", scheduler_from_json(self.scheduler))
+        if self.scheduler is not None and not isinstance(self.scheduler, SCHEDULERS):
+            raise ConfigError(
+                f"scheduler={self.scheduler!r} is not a scheduler; use one of "
+                "prefect_tune.flows.schedulers: ASHAScheduler, MedianStoppingRule, "
+                "FIFOScheduler"
+            )
+        self.rule()  # a scheduler without a metric or mode fails here

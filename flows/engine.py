@@ -116,7 +116,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         max_failures=max_failures, isolation=tune.isolation, stop_condition=run.stop,
         tensorboard=run.tensorboard, sync_config=run.sync_config,
         local_dir=cast(str | None, run.local_dir),  # a str after RunConfig's checks
-        marker=store.mark(), resources=plan.resources, stop=stop,
+        marker=store.mark(), resources=plan.resources, stop=stop, scheduler=tune.rule(),
     )
     logger.info(
         "sweep %s: %d trials (%d to run), %d at a time, storage %s",

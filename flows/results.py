@@ -26,7 +26,7 @@ from prefect_tune.storage.records import AUTO_KEYS, flatten
 Scope = Literal["last", "avg", "all", "last-5-avg", "last-10-avg"]
 #: The trial table's first and last columns; config/... and metrics go between.
 LEADING = ("trial_id", "trial_name", "status")
-TRAILING = ("best_score", "num_checkpoints", "best_checkpoint", "error")
+TRAILING = ("best_score", "num_checkpoints", "best_checkpoint", "stopped_early", "error")
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +48,12 @@ class Result:
     @property
     def trial_id(self) -> str:
         return self.outcome.trial_id
+
+    @property
+    def stopped_early(self) -> str | None:
+        """Why a scheduler stopped the trial before its end (it is TERMINATED); None if
+        it did not."""
+        return self.outcome.stopped_early
 
     @property
     def status(self) -> TrialStatus:
@@ -200,7 +206,8 @@ class ResultGrid:
         """The trial table, one row per trial, as results.csv, the results artifact and
         `prefect-tune show` have it: trial_id, trial_name, status, config/..., the last
         metrics (and training_iteration), best_score, num_checkpoints, best_checkpoint
-        (its URI) and error (the exception line)."""
+        (its URI), stopped_early (why a scheduler stopped it) and error (the exception
+        line)."""
         rows = []
         for result in self._results:
             outcome = result.outcome
@@ -216,6 +223,7 @@ class ResultGrid:
                 "best_score": outcome.best_score,
                 "num_checkpoints": len(outcome.checkpoints),
                 "best_checkpoint": best.path if best else None,
+                "stopped_early": outcome.stopped_early,
                 "error": outcome.error_summary or None,
             })
         if not rows:

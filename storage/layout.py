@@ -36,6 +36,8 @@ STORAGE_MARKER = ".storage-marker.json"
 LEASE_DIR = ".lease"
 #: Prefect's persisted trial-task results (keyed "<experiment>-<trial id>").
 PREFECT_RESULTS = ".prefect-results"
+#: Holds the records trials share for a scheduler's decisions (see `storage.board`).
+SCHEDULER_DIR = ".scheduler"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 PARAMS = "params.json"
@@ -131,6 +133,10 @@ class ExperimentLayout:
     def staging_dir(self, trial_name: str, index: int) -> str:
         """Where checkpoint `index` is written before it is committed."""
         return self.join(trial_name, f".{checkpoint_dir_name(index)}.tmp-{token()}")
+
+    def board_dir(self, key: str) -> str:
+        """Where the scheduler records under `key` are."""
+        return self.join(SCHEDULER_DIR, key)
 
     def probe_file(self) -> str:
         """A fresh name for the storage probe, in the experiment directory."""

@@ -56,7 +56,8 @@ class TrialOutcome:
     """What a finished (or failed) trial leaves behind, as the sweep sees it.
 
     `checkpoints` holds the kept checkpoints in the order they were reported;
-    `best_checkpoints` the kept best-N subset (without the protected latest).
+    `best_checkpoints` the kept best-N subset (without the protected latest);
+    `stopped_early` why a scheduler ended the trial before its end (it is TERMINATED).
     """
 
     trial_id: str
@@ -70,6 +71,7 @@ class TrialOutcome:
     best_score: float | None = None
     error: str | None = None
     attempts: int = 1
+    stopped_early: str | None = None
 
     @property
     def latest_checkpoint(self) -> CheckpointRecord | None:

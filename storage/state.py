@@ -96,6 +96,7 @@ def outcome_to_json(outcome: TrialOutcome) -> bytes:
         "checkpoints": records(outcome.checkpoints),
         "best_checkpoints": records(outcome.best_checkpoints),
         "error": outcome.error,
+        "stopped_early": outcome.stopped_early,
     }, indent=1).encode()
 
 
@@ -114,7 +115,7 @@ def outcome_from_json(data: bytes, spec: TrialSpec, where: str) -> TrialOutcome:
     best_score = raw.get("best_score")
     if best_score is not None and not isinstance(best_score, (int, float)):
         raise StorageError(f"{where}: best_score is {best_score!r}, not a number")
-    error = raw.get("error")
+    error, early = raw.get("error"), raw.get("stopped_early")
     return TrialOutcome(
         trial_id=spec.trial_id,
         trial_name=spec.trial_name,
@@ -127,6 +128,7 @@ def outcome_from_json(data: bytes, spec: TrialSpec, where: str) -> TrialOutcome:
         best_score=best_score,
         error=error if isinstance(error, str) else None,
         attempts=_field(raw, "attempts", int, where),
+        stopped_early=early if isinstance(early, str) else None,
     )
 
 

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prefect_tune.storage.board import Board
 from prefect_tune.storage.errors import StorageNotShared
 from prefect_tune.storage.filesystem import Storage
 from prefect_tune.storage.layout import (
@@ -70,6 +71,11 @@ class ExperimentStore:
             ExperimentBusy: another live run holds it.
         """
         return Lease.take(self.storage, self.layout.join(LEASE_DIR), run, logger)
+
+    @property
+    def board(self) -> Board:
+        """The scheduler records its trials share."""
+        return Board(self.storage, self.layout)
 
     def mark(self) -> StorageMarker:
         """Write a fresh storage marker for this run's trials to `check_marker`."""

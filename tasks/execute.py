@@ -61,7 +61,7 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
             else:
                 _run_function(plan.trainable, config, session)
         except TrialDone:
-            pass  # the stop condition ended the trial
+            pass  # the stop condition or the scheduler ended the trial
         finally:
             _SESSION.reset(token)
         session.close()

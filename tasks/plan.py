@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -20,6 +20,7 @@ from prefect_tune.storage import (
     StorageMarker,
     SyncConfig,
 )
+from prefect_tune.storage.board import Board
 from prefect_tune.storage.config import StopCondition
 
 Isolation = Literal["process", "spawn", "thread"]
@@ -62,6 +63,26 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """A scheduler ends a trial: stopped early (`early`), or at the end of the budget it
+    gives every trial; `reason` says why, in words."""
+
+    reason: str
+    early: bool = True
+
+
+class SchedulerRule(Protocol):
+    """What a scheduler decides inside a trial, at the report that caused it, from the
+    trial's own (time, metric) history and the records trials share on `board`."""
+
+    metric: str
+    time_attr: str
+
+    def decide(self, board: Board, trial_id: str,
+               history: Sequence[tuple[float, float]]) -> Decision | None: ...
+
+
+@dataclass(frozen=True)
 class TrialPlan:
     """The trainable, where its trials are stored, and how they run.
 
@@ -82,6 +103,7 @@ class TrialPlan:
         resources: What each trial needs (its process gets its GPUs and CPU threads).
         stop: Once set, the sweep's trials stop (fail_fast); never leaves this process.
         sweep: Names this run of the sweep (its warm workers are its own).
+        scheduler: Decides at each report whether the trial goes on (None: it does).
     """
 
     trainable: Callable[[dict[str, Any]], Any]
@@ -98,6 +120,7 @@ class TrialPlan:
     resources: Resources | None = None
     stop: threading.Event = field(default_factory=threading.Event, compare=False)
     sweep: str = field(default_factory=lambda: uuid.uuid4().hex)
+    scheduler: SchedulerRule | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything but the stop event, which cannot leave this process: a plan sent to

@@ -27,7 +27,7 @@ from prefect_tune.storage import (
     TrialStopped,
 )
 from prefect_tune.storage.records import AUTO_KEYS, checkpoint_dir_name, flatten, to_json_value
-from prefect_tune.tasks.plan import TrialPlan
+from prefect_tune.tasks.plan import SchedulerRule, TrialPlan
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ class TrialSession:
         self.iteration = 0
         self.last_metrics: dict[str, Any] = {}
         self.best_score: float | None = None
+        self.stopped_early: str | None = None
+        self.history: list[tuple[float, float]] = []  # the scheduler's (time, metric)
         self._unreclaimed: set[int] = set()
         rows: tuple[dict[str, Any], ...] = ()
         if resume is not None:
@@ -98,6 +100,8 @@ class TrialSession:
                 self.restored = self.trial.checkpoint(resume.latest.index)
             for row in rows:
                 self._track_best(row)
+                if plan.scheduler is not None:
+                    self.history.append(_point(plan.scheduler, row, self.history))
             if rows:
                 self.iteration = int(rows[-1]["training_iteration"])
                 self.last_metrics = dict(rows[-1])
@@ -107,10 +111,28 @@ class TrialSession:
             self.staged.start()
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
-        """`record` the row, then end the trial (TrialDone) if the stop condition holds."""
+        """`record` the row, then end the trial (TrialDone) if the stop condition holds
+        or the scheduler says so."""
         self.record(metrics, checkpoint)
         if self._stops(self.last_metrics):
             raise TrialDone
+        self.consult()
+
+    def consult(self) -> None:
+        """Ask the sweep's scheduler about the row just recorded; TrialDone if it ends
+        the trial (`stopped_early` then says why, unless it reached its budget)."""
+        rule = self.plan.scheduler
+        if rule is None:
+            return
+        self.history.append(_point(rule, self.last_metrics, self.history))
+        decision = rule.decide(self.plan.store.board, self.spec.trial_id, self.history)
+        if decision is None:
+            return
+        if decision.early:
+            self.stopped_early = decision.reason
+        self.logger.info("trial %s %s: %s", self.spec.trial_name,
+                         "stopped early" if decision.early else "finished", decision.reason)
+        raise TrialDone
 
     def stop_reached(self, metrics: Mapping[str, Any]) -> bool:
         """Whether the stop condition holds for `metrics` as the next row."""
@@ -252,7 +274,35 @@ class TrialSession:
             best_score=self.best_score,
             error=error,
             attempts=self.context.attempt,
+            stopped_early=self.stopped_early,
         )
+
+
+def _point(rule: SchedulerRule, row: Mapping[str, Any],
+           history: list[tuple[float, float]]) -> tuple[float, float]:
+    """The (time, metric) the scheduler reads from `row`.
+
+    Raises:
+        MetricError: either is missing or not a number, or time did not increase.
+    """
+    flat = flatten(row)
+    point = []
+    for role, name in (("time_attr", rule.time_attr), ("metric", rule.metric)):
+        value = flat.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MetricError(
+                f"the scheduler's {role} {name!r} is "
+                + (f"{value!r}, not a number" if name in flat else
+                   f"not among the reported metrics {sorted(flat)}")
+                + f"; report it with every result, or set the scheduler's {role}"
+            )
+        point.append(float(value))
+    if history and point[0] <= history[-1][0]:
+        raise MetricError(
+            f"the scheduler's time_attr {rule.time_attr!r} went from {history[-1][0]:g} to "
+            f"{point[0]:g}; it must increase with every report (training_iteration does)"
+        )
+    return point[0], point[1]
 
 
 _SESSION: ContextVar[Session | None] = ContextVar("prefect_tune_trial", default=None)

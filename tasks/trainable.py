@@ -111,6 +111,7 @@ def drive(cls: type[Trainable], config: dict[str, Any], session: TrialSession) -
                 session.record(metrics, None)
             if done:
                 return
+            session.consult()
     finally:
         trainable.cleanup()
 

@@ -149,7 +149,8 @@ def test_the_command_line_reads_a_format_1_experiment(
     experiment: Path, asset_files: dict[str, bytes]
 ) -> None:
     """`show` and `best` name the best trial and checkpoint; `export` gives the table
-    the old version wrote as results.json (checkpoint URIs now in the copy)."""
+    the old version wrote as results.json (checkpoint URIs now in the copy), with the
+    columns added since (stopped_early, empty)."""
     best = experiment / NAMES[0] / "checkpoint_000002"
     assert cli("show", str(experiment)).splitlines()[-2:] == [
         f"best trial: {NAMES[0]} with loss=0.1", f"checkpoint: {best}",
@@ -161,6 +162,7 @@ def test_the_command_line_reads_a_format_1_experiment(
     for row in written:
         row["best_checkpoint"] = row["best_checkpoint"].replace(
             "/data/experiment_v1", str(experiment))
+        row["stopped_early"] = None
     assert exported == written
     assert file_bytes(experiment) == asset_files
 

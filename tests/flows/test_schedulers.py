@@ -1,0 +1,220 @@
+"""Schedulers stop trials at the report that caused the decision, from deterministic
+learning curves (tests/flows/curves.py: a config fixes its curve), one trial at a time so
+that the order of arrival at each rung is fixed; the decisions survive a SIGKILL of the
+driver and a restore; bad settings are refused naming the value."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prefect_tune.flows import (
+    ASHAScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    TuneConfig,
+    Tuner,
+    grid_search,
+)
+from prefect_tune.flows.results import ResultGrid
+from prefect_tune.storage import ConfigError, RunConfig, TrialStatus, resolve_storage
+from prefect_tune.storage.board import Board
+from prefect_tune.storage.layout import ExperimentLayout
+
+from . import curves
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+REPO = str(Path(__file__).resolve().parents[2])
+ASHA = ASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
+
+
+def sweep(trainable: Any, tmp_path: Path, scheduler: Any, space: dict[str, Any],
+          **tune: Any) -> ResultGrid:
+    return Tuner(
+        trainable, param_space=space,
+        tune_config=TuneConfig(metric="loss", mode="min", scheduler=scheduler,
+                               max_concurrent_trials=1, **tune),
+        run_config=RunConfig(name="sched", storage_path=str(tmp_path / "runs")),
+    ).fit()
+
+
+def by_curve(grid: ResultGrid) -> dict[str, tuple[TrialStatus, int, str | None]]:
+    names = {tuple(curve): name for name, curve in
+             (("A", curves.A), ("B", curves.B), ("C", curves.C), ("D", curves.D))}
+    return {names[tuple(r.config["curve"])]: (r.status, r.outcome.num_reports,
+                                              r.stopped_early) for r in grid}
+
+
+#: ASHA, rungs at 1, 2, 4, max_t 8, trials A, B, C, D in turn (loss, lower is better):
+#: A is first at every rung and runs to max_t; B is in the best half at rungs 1 and 2
+#: (4 vs A's 5, 4 vs A's 4) but not at rung 4 (4 vs A's 2); C (6) and D (7) are outside
+#: the best half at rung 1.
+ASHA_DECISIONS = {"A": (8, None), "B": (4, "rung 4"), "C": (1, "rung 1"), "D": (1, "rung 1")}
+
+
+def assert_asha_decisions(grid: ResultGrid) -> None:
+    found = by_curve(grid)
+    for name, (reports, rung) in ASHA_DECISIONS.items():
+        status, num_reports, early = found[name]
+        assert (name, status, num_reports) == (name, TrialStatus.TERMINATED, reports)
+        if rung is None:
+            assert early is None
+        else:
+            assert early is not None and f"at rung {rung.split()[1]} " in early, early
+
+
+@pytest.mark.parametrize("isolation", ["process", "thread"])
+def test_asha_stops_each_trial_outside_the_best_half_of_a_rung(
+    tmp_path: Path, isolation: str
+) -> None:
+    grid = sweep(curves.follow, tmp_path, ASHA,
+                 {"curve": grid_search([curves.A, curves.B, curves.C, curves.D])},
+                 isolation=isolation)
+
+    assert_asha_decisions(grid)
+    b = next(r for r in grid if r.config["curve"] == curves.B)
+    assert b.stopped_early == (
+        "loss=4 at training_iteration=4 is outside the best 1/2 of the 1 other trials at "
+        "rung 4 (cutoff 2)"
+    )
+    assert b.metrics_dataframe["training_iteration"].tolist() == [1, 2, 3, 4]
+    table = grid.get_dataframe().set_index("trial_id")
+    assert table.loc[b.trial_id, "stopped_early"] == b.stopped_early
+    csv = (Path(grid.experiment_path) / "results.csv").read_text()
+    assert "stopped_early" in csv.splitlines()[0] and "rung 4" in csv
+
+
+def test_asha_decides_for_class_trainables_at_the_step_that_caused_it(tmp_path: Path) -> None:
+    grid = sweep(curves.Follow, tmp_path, ASHA,
+                 {"curve": grid_search([curves.A, curves.B, curves.C, curves.D])})
+
+    assert_asha_decisions(grid)
+
+
+def test_median_rule_stops_trials_worse_than_the_others_running_means(tmp_path: Path) -> None:
+    # D is worse at step 1 than the median of A, B, C (5); E at step 2 than the median of
+    # the running means of A, B, C at 2 (4.5, 5.5, 3): D never reached step 2.
+    curves_ = [[5, 4, 3, 2], [6, 5, 4, 3], [3, 3, 3, 3], [9, 9, 1, 1], [5.5] * 4]
+    grid = sweep(curves.follow, tmp_path,
+                 MedianStoppingRule(grace_period=1, min_samples_required=2),
+                 {"curve": grid_search(curves_)})
+
+    reports = [r.outcome.num_reports for r in grid]
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 5
+    assert reports == [4, 4, 4, 1, 2]
+    assert [r.stopped_early is not None for r in grid] == [False, False, False, True, True]
+    assert grid[4].stopped_early == (
+        "its best loss=5.5 by training_iteration=2 is worse than the median 4.5 of the "
+        "running means of 3 other trials"
+    )
+
+
+def test_fifo_runs_every_trial_to_its_end(tmp_path: Path) -> None:
+    grid = sweep(curves.follow, tmp_path, FIFOScheduler(),
+                 {"curve": grid_search([curves.A, curves.D])})
+
+    assert [(r.outcome.num_reports, r.stopped_early) for r in grid] == [(8, None), (8, None)]
+    assert not (Path(grid.experiment_path) / ".scheduler").exists()
+
+
+def test_a_restore_after_the_driver_is_killed_makes_the_same_decisions(tmp_path: Path) -> None:
+    """B kills the driver (and its own process) before its step 3, after it passed rungs 1
+    and 2; the restored sweep resumes B from its checkpoint at step 2, and every decision
+    is the uninterrupted run's."""
+    storage, marker = tmp_path / "runs", tmp_path / "killed"
+    code = textwrap.dedent(f"""
+        from prefect_tune.flows import ASHAScheduler, TuneConfig, Tuner, grid_search
+        from prefect_tune.storage import RunConfig
+        from tests.flows import curves
+        space = {{"curve": grid_search([curves.A, curves.B, curves.C, curves.D]),
+                  "kill": curves.B, "kill_at": 3, "marker": {str(marker)!r}}}
+        Tuner(curves.follow, param_space=space,
+              tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
+                                     scheduler={ASHA!r}),
+              run_config=RunConfig(name="sched", storage_path={str(storage)!r})).fit()
+    """)
+    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            capture_output=True, timeout=300, check=False)
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    assert marker.exists()
+
+    grid = Tuner.restore(str(storage / "sched"), curves.follow).fit()
+
+    assert_asha_decisions(grid)
+    b = next(r for r in grid if r.config["curve"] == curves.B)
+    assert b.metrics_dataframe["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert b.outcome.attempts == 2
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ASHAScheduler(max_t=1, grace_period=2), r"max_t=1\) is below grace_period=2"),
+    (lambda: ASHAScheduler(reduction_factor=1), r"reduction_factor=1\) is invalid"),
+    (lambda: ASHAScheduler(promotion=True), r"promotion=True\) pauses trials"),
+    (lambda: MedianStoppingRule(min_samples_required=0), r"min_samples_required=0"),
+    (lambda: TuneConfig(scheduler=ASHAScheduler(metric="loss")), r"mode=None\) is invalid"),
+    (lambda: TuneConfig(scheduler=ASHAScheduler()), "ASHAScheduler needs a metric"),
+    (lambda: TuneConfig(scheduler="asha"), "'asha' is not a scheduler"),  # type: ignore[arg-type]
+])
+def test_bad_scheduler_settings_are_refused_naming_the_value(make: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def never_reports_it(config: dict[str, Any]) -> None:
+    from prefect_tune.tasks import report
+
+    report({"accuracy": 0.5})
+
+
+def reports_time_backwards(config: dict[str, Any]) -> None:
+    from prefect_tune.tasks import report
+
+    for epoch in (1, 2, 1):
+        report({"loss": 1.0, "epoch": epoch})
+
+
+@pytest.mark.parametrize("trainable, scheduler, message", [
+    (never_reports_it, ASHA,
+     "the scheduler's metric 'loss' is not among the reported metrics ['accuracy', "),
+    (reports_time_backwards, ASHAScheduler(time_attr="epoch", max_t=8),
+     "the scheduler's time_attr 'epoch' went from 2 to 1; it must increase"),
+])
+def test_a_trial_breaking_the_schedulers_needs_fails_naming_it(
+    tmp_path: Path, trainable: Any, scheduler: Any, message: str
+) -> None:
+    grid = sweep(trainable, tmp_path, scheduler, {})
+
+    (result,) = grid
+    assert result.status is TrialStatus.ERROR
+    assert result.outcome.attempts == 1  # a MetricError is not retried
+    assert message in (result.outcome.error or "")
+
+
+def test_the_board_keeps_one_value_per_trial_and_key() -> None:
+    storage = resolve_storage(f"memory://board-{uuid.uuid4().hex}")
+    board = Board(storage, ExperimentLayout(storage.root))
+    assert board.post("rung", "t1", 3.0) == {"t1": 3.0}
+    assert board.post("rung", "t2", -1e-7) == {"t1": 3.0, "t2": -1e-7}
+    assert board.post("rung", "t1", 2.5) == {"t1": 2.5, "t2": -1e-7}  # replaced
+    assert board.values("rung") == {"t1": 2.5, "t2": -1e-7}
+    assert board.values("other") == {}
+
+
+def test_the_scheduler_is_stored_with_the_experiment(tmp_path: Path) -> None:
+    grid = sweep(curves.follow, tmp_path, ASHA, {"curve": grid_search([curves.A])})
+
+    stored = json.loads((Path(grid.experiment_path) / "experiment.json").read_text())
+    assert stored["tune"]["scheduler"] == {
+        "name": "ASHAScheduler", "time_attr": "training_iteration", "metric": None,
+        "mode": None, "max_t": 8, "grace_period": 1, "reduction_factor": 2, "brackets": 1,
+        "promotion": False,
+    }
+    assert TuneConfig(**stored["tune"]).scheduler == ASHA
