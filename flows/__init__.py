@@ -3,7 +3,12 @@
 from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.resources import with_parameters, with_resources
 from prefect_tune.flows.results import Result, ResultGrid
-from prefect_tune.flows.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+from prefect_tune.flows.schedulers import (
+    ASHAScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+)
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
 from prefect_tune.flows.trainer import Trainer
 from prefect_tune.flows.tuner import Tuner
@@ -11,6 +16,7 @@ from prefect_tune.flows.tuner import Tuner
 __all__ = [
     "ASHAScheduler",
     "FIFOScheduler",
+    "HyperBandScheduler",
     "MedianStoppingRule",
     "Result",
     "ResultGrid",

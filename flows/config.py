@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from prefect.task_runners import TaskRunner
 
 from prefect_tune.flows.schedulers import (
     ASHAScheduler,
     FIFOScheduler,
+    HyperBandScheduler,
     MedianStoppingRule,
     Scheduler,
     scheduler_from_json,
 )
 from prefect_tune.storage import ConfigError
-from prefect_tune.tasks.plan import Resources, SchedulerRule
+from prefect_tune.tasks.plan import Resources
 
-SCHEDULERS = (ASHAScheduler, FIFOScheduler, MedianStoppingRule)
+SCHEDULERS = (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule)
 
 
 @dataclass(frozen=True)
@@ -76,11 +77,12 @@ class TuneConfig:
             stored["scheduler"] = self.scheduler.to_json()
         return stored
 
-    def rule(self) -> SchedulerRule | None:
-        """What the scheduler decides inside each trial (None: nothing)."""
+    def bound_scheduler(self) -> Scheduler | None:
+        """The scheduler with TuneConfig's metric and mode where it has none; None for
+        FIFO (what it decides inside each trial is its `SchedulerRule`)."""
         if self.scheduler is None:
             return None
-        return cast(SchedulerRule | None, self.scheduler.bind(self.metric, self.mode))
+        return self.scheduler.bind(self.metric, self.mode)
 
     def __post_init__(self) -> None:
         if self.mode not in (None, "min", "max"):
@@ -117,7 +119,7 @@ class TuneConfig:
         if self.scheduler is not None and not isinstance(self.scheduler, SCHEDULERS):
             raise ConfigError(
                 f"scheduler={self.scheduler!r} is not a scheduler; use one of "
-                "prefect_tune.flows.schedulers: ASHAScheduler, MedianStoppingRule, "
-                "FIFOScheduler"
+                "prefect_tune.flows.schedulers: ASHAScheduler, HyperBandScheduler, "
+                "MedianStoppingRule, FIFOScheduler"
             )
-        self.rule()  # a scheduler without a metric or mode fails here
+        self.bound_scheduler()  # a scheduler without a metric or mode fails here

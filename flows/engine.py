@@ -21,6 +21,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from prefect_tune.flows.pausing import Planner, planner_for
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
 from prefect_tune.flows.resources import dask_resources, on_dask
 from prefect_tune.flows.results import Result, ResultGrid, metric_column
@@ -40,7 +41,7 @@ from prefect_tune.storage.scratch import clean_scratch
 from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks import bookkeeping
 from prefect_tune.tasks.forkserver import close_workers
-from prefect_tune.tasks.plan import TrialPlan
+from prefect_tune.tasks.plan import SchedulerRule, TrialPlan
 from prefect_tune.tasks.trial import TrialWork, run_trial
 
 #: Task retries standing for FailureConfig(max_failures=-1).
@@ -110,14 +111,18 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     )
     for outcome in trials.stopped:
         store.write_trial_state(outcome)
+    scheduler = tune.bound_scheduler()
     max_failures = run.failure_config.max_failures
     trial_plan = TrialPlan(
         plan.trainable, store, run.checkpoint_config, plan.ranking,
         max_failures=max_failures, isolation=tune.isolation, stop_condition=run.stop,
         tensorboard=run.tensorboard, sync_config=run.sync_config,
         local_dir=cast(str | None, run.local_dir),  # a str after RunConfig's checks
-        marker=store.mark(), resources=plan.resources, stop=stop, scheduler=tune.rule(),
+        marker=store.mark(), resources=plan.resources, stop=stop,
+        scheduler=cast(SchedulerRule | None, scheduler),
     )
+    planner = planner_for(scheduler, trials.work, store.board,
+                          [spec.trial_id for spec in record.trials])
     logger.info(
         "sweep %s: %d trials (%d to run), %d at a time, storage %s",
         plan.name, len(record.trials), len(trials.work), plan.concurrency, store.path,
@@ -132,7 +137,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     )
     outcomes = {o.trial_id: o for o in trials.kept + trials.stopped}
     try:
-        for outcome in _run_window(plan, trial_task, trial_plan, trials.work):
+        for outcome in _run_window(plan, trial_task, trial_plan, planner):
             outcomes[outcome.trial_id] = outcome
             progress.advance(len(outcomes))
             if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
@@ -187,37 +192,51 @@ def _tag_flow_run(experiment: str) -> None:
 
 
 def _run_window(
-    plan: SweepPlan, trial_task: Any, trial_plan: TrialPlan, work: tuple[TrialWork, ...]
+    plan: SweepPlan, trial_task: Any, trial_plan: TrialPlan, planner: Planner
 ) -> Iterator[TrialOutcome]:
-    """Submit the trials, at most `plan.concurrency` at a time, and yield each outcome as
-    its trial ends (a trial is submitted only when a slot frees up, so the UI shows
-    running trials, not thousands of pending ones). Once the sweep stops (fail_fast), the
-    trials not yet submitted are recorded STOPPED without starting."""
+    """Submit what `planner` chooses, at most `plan.concurrency` at a time, and yield
+    each outcome as its trial (or segment) ends, and those of the trials the planner
+    ends (a trial is submitted only when a slot frees up, so the UI shows running
+    trials, not thousands of pending ones). Once the sweep stops (fail_fast), the trials
+    not yet started are recorded STOPPED without starting."""
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     running: dict[PrefectFuture[Any], TrialWork] = {}
-    queued = iter(work)
-    store = trial_plan.store
+    store, stop = trial_plan.store, trial_plan.stop
 
-    def submit_next() -> None:
-        item = next(queued, None)
-        if item is None:
-            return
-        with tags(*([plan.name] if plan.tune_config.tag_trials else [])), \
-                _dask_placement(plan):
-            future = trial_task.submit(trial_plan, item)
-        running[future] = item
-        future.add_done_callback(finished.put)
+    def fill() -> None:
+        while len(running) < plan.concurrency and not stop.is_set():
+            item = planner.next()
+            if item is None:
+                return
+            with tags(*([plan.name] if plan.tune_config.tag_trials else [])), \
+                    _dask_placement(plan):
+                future = trial_task.submit(trial_plan, item)
+            running[future] = item
+            future.add_done_callback(finished.put)
 
-    for _ in range(plan.concurrency):
-        submit_next()
+    yield from (_store(store, ended) for ended in planner.restored())
+    fill()
     while running:
         future = finished.get()
         item = running.pop(future)
-        yield _outcome(future, item, store)
-        if not trial_plan.stop.is_set():
-            submit_next()
-    for item in queued:  # the sweep stopped (fail_fast): these never start
+        outcome = _outcome(future, item, store)
+        yield outcome
+        yield from (_store(store, ended) for ended in planner.ended(outcome))
+        fill()
+        if not running and not stop.is_set():
+            yield from (_store(store, ended) for ended in planner.finish())
+    for item in planner.unstarted():  # the sweep stopped (fail_fast): these never start
         yield _record(store, item, TrialStatus.STOPPED)
+
+
+def _store(store: ExperimentStore, outcome: TrialOutcome) -> TrialOutcome:
+    """Record `outcome`, which the sweep decided; a storage fault is logged."""
+    try:
+        store.write_trial_state(outcome)
+    except StorageError as exc:
+        get_run_logger().error("could not record trial %s as %s: %s", outcome.trial_name,
+                               outcome.status.value, exc)
+    return outcome
 
 
 def _dask_placement(plan: SweepPlan) -> contextlib.AbstractContextManager[Any]:
@@ -243,13 +262,7 @@ def _record(store: ExperimentStore, work: TrialWork, status: TrialStatus,
         stored = None
     base = stored or work.prior or \
         TrialOutcome(spec.trial_id, spec.trial_name, spec.config, status, attempts=0)
-    outcome = replace(base, status=status, error=error or base.error)
-    try:
-        store.write_trial_state(outcome)
-    except StorageError as exc:
-        get_run_logger().error("could not record trial %s as %s: %s", spec.trial_name,
-                               status.value, exc)
-    return outcome
+    return _store(store, replace(base, status=status, error=error or base.error))
 
 
 def _outcome(future: PrefectFuture[Any], work: TrialWork, store: ExperimentStore

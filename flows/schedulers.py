@@ -17,7 +17,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from prefect_tune.storage import ConfigError
 from prefect_tune.storage.board import Board
@@ -34,7 +34,7 @@ class _Scheduler:
     metric: str | None = None
     mode: Mode | None = None
 
-    def bind(self, metric: str | None, mode: str | None) -> _Scheduler:
+    def bind(self, metric: str | None, mode: str | None) -> Self:
         """This scheduler with TuneConfig's `metric` and `mode` where it has none.
 
         Raises:
@@ -82,7 +82,11 @@ class ASHAScheduler(_Scheduler):
 
     With `brackets` > 1 each trial belongs to one bracket, chosen from its trial id (so
     a restored sweep chooses the same), whose rungs start `reduction_factor**b` later.
-    `promotion=True` (pausing at each rung and promoting the best) is not available yet.
+
+    `promotion=True` is the paper's algorithm: a trial pauses at each rung (its latest
+    checkpoint committed), and a free slot first resumes the best paused trial in the
+    best `1/reduction_factor` of its rung, else starts a new trial
+    (`prefect_tune.flows.pausing.Promotion`).
     """
 
     max_t: float = 100
@@ -105,10 +109,6 @@ class ASHAScheduler(_Scheduler):
             raise ConfigError(f"ASHAScheduler(max_t={self.max_t!r}) is below grace_period="
                               f"{self.grace_period!r}: no trial could reach a rung; raise "
                               "max_t or lower grace_period")
-        if self.promotion:
-            raise ConfigError("ASHAScheduler(promotion=True) pauses trials at each rung, "
-                              "which this version cannot do yet; use promotion=False (trials "
-                              "below a rung's cutoff stop)")
 
     def rungs(self, bracket: int) -> list[float]:
         """The rung milestones of `bracket`, lowest first."""
@@ -127,6 +127,8 @@ class ASHAScheduler(_Scheduler):
         before = history[-2][0] if len(history) > 1 else -math.inf
         if time >= self.max_t:
             return Decision(f"{self.time_attr} reached max_t={self.max_t:g}", early=False)
+        if self.promotion:
+            return None  # the sweep pauses it at each rung and decides (pausing.Promotion)
         bracket = self.bracket(trial_id)
         reached = [m for m in self.rungs(bracket) if before < m <= time]
         if not reached:
@@ -185,9 +187,60 @@ class MedianStoppingRule(_Scheduler):
         return None
 
 
-Scheduler = FIFOScheduler | ASHAScheduler | MedianStoppingRule
-_KINDS: dict[str, type[Any]] = {k.__name__: k for k in (FIFOScheduler, ASHAScheduler,
-                                                         MedianStoppingRule)}
+@dataclass(frozen=True)
+class HyperBandScheduler(_Scheduler):
+    """HyperBand: trials fill brackets in the order they were sampled (bracket s of
+    each band: ceil((s_max + 1) / (s + 1) * reduction_factor**s) trials, milestones
+    max_t / reduction_factor**s, then * reduction_factor each level); in a bracket,
+    every trial trains to the milestone and pauses, and once all have, the best
+    1/reduction_factor resume to the next milestone and the rest stop
+    (`prefect_tune.flows.pausing.Bracketed`). Every trial ends at max_t."""
+
+    max_t: float = 81
+    reduction_factor: float = 3
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_t")
+        if isinstance(self.reduction_factor, bool) or \
+                not isinstance(self.reduction_factor, (int, float)) or self.reduction_factor <= 1:
+            raise ConfigError(f"HyperBandScheduler(reduction_factor={self.reduction_factor!r}) "
+                              "is invalid: use a number > 1, such as 3")
+
+    @property
+    def s_max(self) -> int:
+        return max(int(math.log(self.max_t, self.reduction_factor) + 1e-9), 0)
+
+    def band(self) -> list[int]:
+        """How many trials each bracket of a band holds; bracket s at index s_max - s."""
+        eta, top = self.reduction_factor, self.s_max
+        return [math.ceil((top + 1) / (s + 1) * eta ** s) for s in range(top, -1, -1)]
+
+    def assign(self, trials: Sequence[str]) -> dict[str, int]:
+        """Each trial's bracket (numbered across bands), filling brackets in order."""
+        sizes, brackets, bracket, filled = self.band(), {}, 0, 0
+        for trial in trials:
+            if filled == sizes[bracket % len(sizes)]:
+                bracket, filled = bracket + 1, 0
+            brackets[trial] = bracket
+            filled += 1
+        return brackets
+
+    def milestones(self, bracket: int) -> list[float]:
+        """Where the trials of `bracket` pause (below max_t, where they end)."""
+        s = self.s_max - bracket % (self.s_max + 1)
+        eta = self.reduction_factor
+        return [self.max_t / eta ** (s - i) for i in range(s)]
+
+    def decide(self, board: Board, trial_id: str,
+               history: Sequence[tuple[float, float]]) -> Decision | None:
+        if history[-1][0] >= self.max_t:
+            return Decision(f"{self.time_attr} reached max_t={self.max_t:g}", early=False)
+        return None
+
+
+Scheduler = FIFOScheduler | ASHAScheduler | MedianStoppingRule | HyperBandScheduler
+_KINDS: dict[str, type[Any]] = {k.__name__: k for k in (
+    FIFOScheduler, ASHAScheduler, MedianStoppingRule, HyperBandScheduler)}
 
 
 def scheduler_from_json(data: Mapping[str, Any]) -> Scheduler:

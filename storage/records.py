@@ -25,6 +25,9 @@ class TrialStatus(StrEnum):
     ERROR = "ERROR"
     #: Stopped before it finished (fail_fast, or not resumed); a restore resumes it.
     STOPPED = "STOPPED"
+    #: Paused by a scheduler at a milestone, its latest checkpoint committed; the
+    #: scheduler resumes it from there, or ends it.
+    PAUSED = "PAUSED"
 
     def is_finished(self) -> bool:
         return self in (TrialStatus.TERMINATED, TrialStatus.ERROR)

@@ -5,7 +5,7 @@ imported the trainable's module once (`prefect_tune.tasks.forkserver`); with "sp
 is a new interpreter. A trial that dies hard (SIGKILL, the out-of-memory killer,
 `os._exit`, a segfault) takes only its child with it; the task turns the death into
 `TrialCrashed`, an ordinary retried failure. The child gets (plan, spec, attempt, the
-time the attempt began) as a frame on its stdin (see `prefect_tune.tasks.process`) and
+milestone to pause at, the time the attempt began) as a frame on its stdin (see `prefect_tune.tasks.process`) and
 answers with one frame: ("ok", outcome) or ("error", outcome, cause).
 """
 
@@ -50,9 +50,9 @@ STOP_GRACE_SECONDS = 5.0
 
 
 def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
-                 devices: tuple[str, ...] = ()) -> TrialOutcome:
-    """Run `execute(plan, spec, attempt)` in a process of its own (given `devices`, its
-    GPUs, and the CPU threads of `plan.resources`); return its outcome.
+                 devices: tuple[str, ...] = (), until: float | None = None) -> TrialOutcome:
+    """Run `execute(plan, spec, attempt, until=until)` in a process of its own (given
+    `devices`, its GPUs, and the CPU threads of `plan.resources`); return its outcome.
 
     Raises:
         TrialError: the trial failed; for a hard death its cause is TrialCrashed.
@@ -60,7 +60,7 @@ def run_in_child(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
     """
     begun = time.time()
     try:
-        job = frame((plan, spec, attempt, begun))
+        job = frame((plan, spec, attempt, until, begun))
     except Exception as exc:  # noqa: BLE001 - whatever pickling raises is the cause
         error = ConfigError(
             f"trainable {plan.trainable!r} cannot be sent to the trial's process: "
@@ -159,13 +159,13 @@ def serve(out: int | None = None) -> int:
     """In the child: run the attempt on stdin, send the reply to the message pipe (`out`
     if given: a forked child has it), return 0."""
     how = "a new interpreter" if out is None else "forked from the sweep's warm worker"
-    out, (plan, spec, attempt, begun) = start_worker(out=out)
+    out, (plan, spec, attempt, until, begun) = start_worker(out=out)
     logger = logging.getLogger("prefect_tune.trial")
     logger.info("trial %s attempt %d: its process started in %.0f ms (%s)", spec.trial_name,
                 attempt, (time.time() - begun) * 1000, how)
     reply: tuple[Any, ...]
     try:
-        reply = ("ok", execute(plan, spec, attempt, logger))
+        reply = ("ok", execute(plan, spec, attempt, logger, until))
     except TrialError as exc:
         reply = ("error", exc.outcome, _portable(exc.__cause__))
     write_frame(out, frame(reply))

@@ -23,16 +23,19 @@ from prefect_tune.storage import (
     TrialStatus,
     TrialStopped,
 )
+from prefect_tune.storage.records import checkpoint_dir_name
 from prefect_tune.tasks.plan import TrialPlan
-from prefect_tune.tasks.session import _SESSION, TrialDone, TrialSession
+from prefect_tune.tasks.session import _SESSION, TrialDone, TrialPaused, TrialSession
 from prefect_tune.tasks.trainable import Trainable, drive, is_class_trainable
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
-def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> TrialOutcome:
+def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
+            until: float | None = None) -> TrialOutcome:
     """Run attempt `attempt` of trial `spec`: `plan.trainable(config)` (or drive a class
-    trainable) until it returns or meets the stop condition.
+    trainable) until it returns, meets the stop condition, or (PAUSED) reaches `until` of
+    its scheduler's time_attr.
 
     The attempt resumes from what the trial's directory holds: its latest committed and
     recorded checkpoint, with the result history cut back to it; a new trial starts fresh.
@@ -45,7 +48,7 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
     trial = plan.store.trial(spec.trial_name)
     session: TrialSession | None = None
     try:
-        session = TrialSession(plan, spec, attempt, logger, trial.resume_point())
+        session = TrialSession(plan, spec, attempt, logger, trial.resume_point(), until)
         restored = session.restored
         logger.info(
             "trial %s attempt %d %s: %s", spec.trial_name, attempt,
@@ -55,6 +58,7 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
         trial.write_params(spec.config)
         token = _SESSION.set(session)
         config = copy.deepcopy(dict(spec.config))
+        status = TrialStatus.TERMINATED
         try:
             if is_class_trainable(plan.trainable):
                 drive(cast(type[Trainable], plan.trainable), config, session)
@@ -62,6 +66,8 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
                 _run_function(plan.trainable, config, session)
         except TrialDone:
             pass  # the stop condition or the scheduler ended the trial
+        except TrialPaused:
+            status = TrialStatus.PAUSED
         finally:
             _SESSION.reset(token)
         session.close()
@@ -79,7 +85,15 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger) -> T
             TrialOutcome(spec.trial_id, spec.trial_name, spec.config, TrialStatus.ERROR,
                          error=error, attempts=attempt)
         raise TrialError(outcome) from exc
-    outcome = session.outcome(TrialStatus.TERMINATED)
+    outcome = session.outcome(status)
+    if status is TrialStatus.PAUSED:
+        latest = outcome.latest_checkpoint
+        assert session is not None and plan.scheduler is not None
+        logger.info("trial %s paused at %s=%g; it resumes from %s", spec.trial_name,
+                    plan.scheduler.time_attr, session.history[-1][0],
+                    checkpoint_dir_name(latest.index) if latest else "scratch (it has no "
+                    "checkpoint: report one at each milestone to keep its progress)")
+        return outcome
     logger.info(
         "trial %s finished after %d reports%s", spec.trial_name, outcome.num_reports,
         f"; best {plan.ranking.attribute}={outcome.best_score}"

@@ -61,15 +61,21 @@ class TrialDone(BaseException):
     finished. A BaseException, so that a trainable's `except Exception` lets it through."""
 
 
+class TrialPaused(BaseException):
+    """Raised by `report()` once the trial reached the milestone its scheduler gave this
+    segment: it ends the trainable, to be resumed from its latest checkpoint."""
+
+
 class TrialSession:
     """The bookkeeping of one trial attempt: result rows, checkpoints, retention."""
 
     def __init__(
         self, plan: TrialPlan, spec: TrialSpec, attempt: int,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
-        resume: ResumePoint | None = None,
+        resume: ResumePoint | None = None, until: float | None = None,
     ) -> None:
         self.plan = plan
+        self.until = until
         self.spec = spec
         self.logger = logger
         self.trial = plan.store.trial(spec.trial_name)
@@ -127,6 +133,8 @@ class TrialSession:
         self.history.append(_point(rule, self.last_metrics, self.history))
         decision = rule.decide(self.plan.store.board, self.spec.trial_id, self.history)
         if decision is None:
+            if self.until is not None and self.history[-1][0] >= self.until:
+                raise TrialPaused
             return
         if decision.early:
             self.stopped_early = decision.reason

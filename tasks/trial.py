@@ -34,12 +34,21 @@ from prefect_tune.tasks.plan import TrialPlan
 
 @dataclass(frozen=True)
 class TrialWork:
-    """One trial to run: its spec, its outcome stored by an earlier run (None for a new
-    trial), and whether to start it from scratch."""
+    """One trial to run: its spec, its outcome stored by an earlier run or segment (None
+    for a new trial), whether to start it from scratch, and for a pausing scheduler the
+    milestone of its scheduler's time_attr to pause at and which segment this is."""
 
     spec: TrialSpec
     prior: TrialOutcome | None = None
     restart: bool = False
+    until: float | None = None
+    segment: int = 0
+
+    @property
+    def label(self) -> str:
+        """The task run's name: the trial's, and the segment after the first."""
+        name = self.spec.trial_name
+        return name if not self.segment else f"{name} (segment {self.segment + 1})"
 
     @property
     def prior_attempts(self) -> int:
@@ -60,14 +69,17 @@ def should_retry(task: Any, task_run: Any, state: State[Any]) -> bool:
 
 
 def trial_cache_key(context: TaskRunContext, parameters: Mapping[str, Any]) -> str:
-    """"<experiment>-<trial id>": a finished trial's persisted outcome is found again by
-    a retried flow run, which then shows it as Cached instead of running it."""
-    return f"{parameters['plan'].store.name}-{parameters['work'].spec.trial_id}"
+    """"<experiment>-<trial id>[-<segment>]": a finished trial's (or segment's) persisted
+    outcome is found again by a retried flow run, which then shows it as Cached instead
+    of running it; a resumed segment never finds the one before."""
+    work = parameters["work"]
+    segment = f"-{work.segment}" if work.segment else ""
+    return f"{parameters['plan'].store.name}-{work.spec.trial_id}{segment}"
 
 
 @task(
     name="trial",
-    task_run_name="{work.spec.trial_name}",
+    task_run_name="{work.label}",
     retry_condition_fn=should_retry,
     cache_key_fn=trial_cache_key,
     cache_result_in_memory=False,
@@ -104,9 +116,9 @@ def run_trial(plan: TrialPlan, work: TrialWork) -> TrialOutcome:
     try:
         if plan.isolation != "thread" and not store.storage.is_in_memory:
             with claim(plan.resources.gpu if plan.resources else 0) as devices:
-                outcome = run_in_child(plan, spec, attempt, logger, devices)
+                outcome = run_in_child(plan, spec, attempt, logger, devices, work.until)
         else:
-            outcome = execute(plan, spec, attempt, logger)
+            outcome = execute(plan, spec, attempt, logger, work.until)
     except TrialStopped:
         logger.warning("trial %s stopped: the sweep is stopping (fail_fast)", spec.trial_name)
         _stopped(store, _state(spec, TrialStatus.STOPPED, attempt))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from prefect_tune.flows import (
     ASHAScheduler,
     FIFOScheduler,
+    HyperBandScheduler,
     MedianStoppingRule,
     TuneConfig,
     Tuner,
@@ -157,7 +159,7 @@ def test_a_restore_after_the_driver_is_killed_makes_the_same_decisions(tmp_path:
 @pytest.mark.parametrize("make, message", [
     (lambda: ASHAScheduler(max_t=1, grace_period=2), r"max_t=1\) is below grace_period=2"),
     (lambda: ASHAScheduler(reduction_factor=1), r"reduction_factor=1\) is invalid"),
-    (lambda: ASHAScheduler(promotion=True), r"promotion=True\) pauses trials"),
+    (lambda: HyperBandScheduler(reduction_factor=0.5), r"reduction_factor=0.5\) is invalid"),
     (lambda: MedianStoppingRule(min_samples_required=0), r"min_samples_required=0"),
     (lambda: TuneConfig(scheduler=ASHAScheduler(metric="loss")), r"mode=None\) is invalid"),
     (lambda: TuneConfig(scheduler=ASHAScheduler()), "ASHAScheduler needs a metric"),
@@ -218,3 +220,81 @@ def test_the_scheduler_is_stored_with_the_experiment(tmp_path: Path) -> None:
         "promotion": False,
     }
     assert TuneConfig(**stored["tune"]).scheduler == ASHA
+
+
+def segments(result: Any) -> list[int]:
+    return result.metrics_dataframe["training_iteration"].tolist()
+
+
+def test_asha_with_promotion_pauses_at_each_rung_and_promotes_the_best(tmp_path: Path) -> None:
+    """Rungs 1, 2, 4, max_t 8, one trial at a time: A, B, C, D each pause at rung 1; B
+    (4, the best half of A and B) is promoted at once; once no trial is left to start,
+    each rung promotes its best, so B, then A, climb to max_t; C and D are never promoted.
+    Every iteration is in each result once, although A and B ran in four segments."""
+    grid = sweep(curves.follow, tmp_path, replace(ASHA, promotion=True),
+                 {"curve": grid_search([curves.A, curves.B, curves.C, curves.D])})
+
+    found = by_curve(grid)
+    assert found["A"] == (TrialStatus.TERMINATED, 8, None)
+    assert found["B"] == (TrialStatus.TERMINATED, 8, None)
+    for name in "CD":
+        status, reports, early = found[name]
+        assert (status, reports) == (TrialStatus.TERMINATED, 1)
+        assert early is not None and early.startswith("not promoted past rung 1: outside the "
+                                                      "best 1/2 of the 4 trials there")
+    a = next(r for r in grid if r.config["curve"] == curves.A)
+    assert segments(a) == list(range(1, 9))
+    assert a.checkpoint is not None and a.checkpoint.to_dict() == {"step": 8}
+
+
+def test_hyperband_halves_each_bracket_in_step(tmp_path: Path) -> None:
+    """max_t 4, reduction factor 2: the first bracket holds 4 trials, milestones 1 and
+    2. At 1 the best two (B 4, A 5) go on and C, D stop; at 2 A and B tie at 4 and the
+    earlier one, A, goes on to max_t."""
+    grid = sweep(curves.follow, tmp_path, HyperBandScheduler(max_t=4, reduction_factor=2),
+                 {"curve": grid_search([c[:4] for c in (curves.A, curves.B, curves.C,
+                                                        curves.D)])})
+
+    assert [(r.status, r.outcome.num_reports) for r in grid] == [
+        (TrialStatus.TERMINATED, 4), (TrialStatus.TERMINATED, 2),
+        (TrialStatus.TERMINATED, 1), (TrialStatus.TERMINATED, 1)]
+    assert [r.stopped_early for r in grid] == [
+        None,
+        "outside the best 1 of the 2 trials of its HyperBand bracket at training_iteration=2",
+        "outside the best 2 of the 4 trials of its HyperBand bracket at training_iteration=1",
+        "outside the best 2 of the 4 trials of its HyperBand bracket at training_iteration=1",
+    ]
+    assert segments(grid[0]) == [1, 2, 3, 4]
+
+
+def test_a_hyperband_sweep_killed_mid_bracket_restores_to_the_same_decisions(
+    tmp_path: Path
+) -> None:
+    """The driver dies as A is about to report step 2 in its second segment (B already
+    paused there); the restored sweep resumes A from its checkpoint and decides as the
+    uninterrupted one did."""
+    storage, marker = tmp_path / "runs", tmp_path / "killed"
+    scheduler = HyperBandScheduler(max_t=4, reduction_factor=2)
+    code = textwrap.dedent(f"""
+        from prefect_tune.flows import HyperBandScheduler, TuneConfig, Tuner, grid_search
+        from prefect_tune.storage import RunConfig
+        from tests.flows import curves
+        space = {{"curve": grid_search([c[:4] for c in (curves.A, curves.B, curves.C,
+                                                        curves.D)]),
+                  "kill": curves.A[:4], "kill_at": 2, "marker": {str(marker)!r}}}
+        Tuner(curves.follow, param_space=space,
+              tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
+                                     scheduler={scheduler!r}),
+              run_config=RunConfig(name="sched", storage_path={str(storage)!r})).fit()
+    """)
+    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            capture_output=True, timeout=300, check=False)
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+
+    grid = Tuner.restore(str(storage / "sched"), curves.follow).fit()
+
+    assert [(r.status, r.outcome.num_reports) for r in grid] == [
+        (TrialStatus.TERMINATED, 4), (TrialStatus.TERMINATED, 2),
+        (TrialStatus.TERMINATED, 1), (TrialStatus.TERMINATED, 1)]
+    assert [r.stopped_early is None for r in grid] == [True, False, False, False]
+    assert segments(grid[0]) == [1, 2, 3, 4]

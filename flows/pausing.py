@@ -1,0 +1,281 @@
+"""What the sweep runs next: every trial in turn (`Queue`), or, for a scheduler that
+pauses trials at milestones, the segment it chooses (`Promotion`: ASHA with promotion,
+`Bracketed`: HyperBand).
+
+A segment is one task run of a trial that trains until a milestone of the scheduler's
+time_attr (`TrialWork.until`), then pauses: its latest checkpoint is committed and it
+is recorded PAUSED with the row it reached. A planner resumes a paused trial as the next
+segment, from that checkpoint, or ends it. Every decision is written before it is acted
+on, as trial states and board records (`prefect_tune.storage.board`), so a restored
+sweep rebuilds the planner from storage alone and goes on as the interrupted one would.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from prefect_tune.flows.schedulers import ASHAScheduler, HyperBandScheduler, Scheduler
+from prefect_tune.storage import TrialOutcome, TrialStatus
+from prefect_tune.storage.board import Board
+from prefect_tune.storage.records import flatten
+from prefect_tune.tasks.trial import TrialWork
+
+#: Board keys of the decisions a planner writes.
+UNTIL, SEGMENT = "until", "segment"
+
+
+class Planner(Protocol):
+    def next(self) -> TrialWork | None:
+        """The segment to run in a free slot; None: nothing now."""
+
+    def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
+        """A segment ended with `outcome`; returns the paused trials this ends
+        (TERMINATED, `stopped_early` saying why), to be recorded."""
+
+    def finish(self) -> list[TrialOutcome]:
+        """Once nothing runs and `next` has nothing: the paused trials it ends, which it
+        would never resume."""
+
+    def unstarted(self) -> list[TrialWork]:
+        """The trials it has not started (recorded STOPPED when the sweep stops)."""
+
+    def restored(self) -> list[TrialOutcome]:
+        """The trials it ended as it was rebuilt from storage (decisions an interrupted
+        sweep took but did not record)."""
+
+
+class Queue:
+    """Every trial to its end, in order."""
+
+    def __init__(self, work: Iterable[TrialWork]) -> None:
+        self._work = deque(work)
+
+    def next(self) -> TrialWork | None:
+        return self._work.popleft() if self._work else None
+
+    def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
+        return []
+
+    def finish(self) -> list[TrialOutcome]:
+        return []
+
+    def unstarted(self) -> list[TrialWork]:
+        return list(self._work)
+
+    def restored(self) -> list[TrialOutcome]:
+        return []
+
+
+def planner_for(scheduler: Scheduler | None, work: Sequence[TrialWork], board: Board,
+                trials: Sequence[str]) -> Planner:
+    """The planner `scheduler` (bound to its metric and mode) needs for `work`, out of
+    all the experiment's `trials` (ids, in the order they were sampled)."""
+    if isinstance(scheduler, ASHAScheduler) and scheduler.promotion:
+        return Promotion(scheduler, work, board)
+    if isinstance(scheduler, HyperBandScheduler):
+        return Bracketed(scheduler, work, board, trials)
+    return Queue(work)
+
+
+class _Segments:
+    """What both pausing planners share: trials to start, paused trials, segments to
+    run, and the journal of decisions on the board."""
+
+    def __init__(self, scheduler: ASHAScheduler | HyperBandScheduler,
+                 work: Sequence[TrialWork], board: Board) -> None:
+        self.scheduler, self.board = scheduler, board
+        self.order = {w.spec.trial_id: i for i, w in enumerate(work)}
+        self.work = {w.spec.trial_id: replace(w, restart=False) for w in work}
+        self.paused: dict[str, TrialOutcome] = {}
+        self.queued: deque[TrialWork] = deque()  # decided, to run before anything new
+        self.new: deque[TrialWork] = deque()
+        until = board.values(UNTIL)
+        self.segments = {t: int(s) for t, s in board.values(SEGMENT).items()}
+        for item in work:
+            trial, prior = item.spec.trial_id, item.prior
+            if prior is not None and prior.status is TrialStatus.PAUSED and \
+                    not self._decided(prior, until.get(trial)):
+                self.paused[trial] = prior
+            elif trial in until:  # its segment began before the sweep was interrupted
+                self.queued.append(self._segment(item, until[trial] or None))
+            else:
+                self.new.append(item)
+
+    def _decided(self, paused: TrialOutcome, until: float | None) -> bool:
+        """Whether a resume of `paused` was decided (its next milestone recorded)."""
+        return until is not None and (until == 0 or until > self.point(paused)[0])
+
+    def point(self, outcome: TrialOutcome) -> tuple[float, float]:
+        """(time, metric) of the row a trial reached."""
+        flat = flatten(outcome.last_metrics)
+        scheduler = self.scheduler
+        return float(flat[scheduler.time_attr]), float(flat[str(scheduler.metric)])
+
+    def rank(self, trials: Iterable[str], values: dict[str, float]) -> list[str]:
+        """`trials` best first (earliest first among equals)."""
+        sign = 1 if self.scheduler.mode == "max" else -1
+        return sorted(trials, key=lambda t: (-sign * values[t], self.order[t]))
+
+    def start(self, item: TrialWork, until: float | None) -> TrialWork:
+        """Record, then return, the next segment of `item`, to pause at `until` (None:
+        to max_t, its end)."""
+        trial = item.spec.trial_id
+        self.segments[trial] = self.segments.get(trial, -1) + 1
+        self.board.post(SEGMENT, trial, self.segments[trial])
+        self.board.post(UNTIL, trial, until or 0)
+        return self._segment(item, until)
+
+    def resume(self, trial: str, until: float | None) -> TrialWork:
+        prior = self.paused.pop(trial)
+        return self.start(replace(self.work[trial], prior=prior), until)
+
+    def _segment(self, item: TrialWork, until: float | None) -> TrialWork:
+        if until is not None and until >= self.scheduler.max_t:
+            until = None
+        return replace(item, until=until, segment=self.segments.get(item.spec.trial_id, 0))
+
+    def end(self, trial: str, reason: str) -> TrialOutcome:
+        outcome = self.paused.pop(trial)
+        return replace(outcome, status=TrialStatus.TERMINATED, stopped_early=reason)
+
+    def unstarted(self) -> list[TrialWork]:
+        return list(self.new)
+
+    def restored(self) -> list[TrialOutcome]:
+        return []
+
+
+class Promotion(_Segments):
+    """ASHA as its paper has it: a trial pauses at each rung; a free slot first resumes
+    the best paused trial that is in the best 1/reduction_factor of its rung, from the
+    highest rung down, else starts a new trial. Once no trial is left to start, each
+    rung promotes at least its best trial, so the best trials reach max_t; when nothing
+    more qualifies, the paused trials end (TERMINATED, stopped early)."""
+
+    scheduler: ASHAScheduler
+
+    def __init__(self, scheduler: ASHAScheduler, work: Sequence[TrialWork],
+                 board: Board) -> None:
+        super().__init__(scheduler, work, board)
+        #: Each (bracket, rung)'s values: of the trials paused there and of those promoted.
+        self.reached = {(b, k): board.values(self._key(b, k))
+                        for b in range(scheduler.brackets)
+                        for k in range(len(scheduler.rungs(b)))}
+        for trial in self.paused:
+            self._arrive(trial)
+
+    def _key(self, bracket: int, rung: int) -> str:
+        return f"asha-b{bracket}-{self.scheduler.rungs(bracket)[rung]:g}"
+
+    def _rung(self, trial: str) -> tuple[int, int]:
+        """The (bracket, rung) paused trial `trial` is at."""
+        bracket = self.scheduler.bracket(trial)
+        time = self.point(self.paused[trial])[0]
+        return bracket, sum(m <= time for m in self.scheduler.rungs(bracket)) - 1
+
+    def _arrive(self, trial: str) -> None:
+        bracket, rung = self._rung(trial)
+        value = self.point(self.paused[trial])[1]
+        self.reached[bracket, rung][trial] = value
+        self.board.post(self._key(bracket, rung), trial, value)
+
+    def next(self) -> TrialWork | None:
+        if self.queued:
+            return self.queued.popleft()
+        for (bracket, rung), values in sorted(self.reached.items(), key=lambda kv: -kv[0][1]):
+            count = int(len(values) // self.scheduler.reduction_factor)
+            if not self.new:  # nothing left to start: each rung promotes its best at least
+                count = max(count, 1)
+            top = self.rank(values, values)[:count]
+            for trial in top:
+                if trial in self.paused and self._rung(trial) == (bracket, rung):
+                    rungs = self.scheduler.rungs(bracket)
+                    return self.resume(trial, rungs[rung + 1] if rung + 1 < len(rungs) else None)
+        if self.new:
+            item = self.new.popleft()
+            return self.start(item, self.scheduler.rungs(self.scheduler.bracket(
+                item.spec.trial_id))[0])
+        return None
+
+    def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
+        if outcome.status is TrialStatus.PAUSED:
+            self.paused[outcome.trial_id] = outcome
+            self._arrive(outcome.trial_id)
+        return []
+
+    def finish(self) -> list[TrialOutcome]:
+        ended = []
+        for trial in sorted(self.paused, key=self.order.__getitem__):
+            bracket, rung = self._rung(trial)
+            ended.append(self.end(trial, (
+                f"not promoted past rung {self.scheduler.rungs(bracket)[rung]:g}: outside "
+                f"the best 1/{self.scheduler.reduction_factor:g} of the "
+                f"{len(self.reached[bracket, rung])} trials there when no trial was left "
+                "to start")))
+        return ended
+
+
+class Bracketed(_Segments):
+    """HyperBand: trials fill brackets in order; in a bracket every live trial trains to
+    the same milestone and pauses; once all have, the best 1/reduction_factor resume to
+    the next milestone and the others end (stopped early). A bracket waits only for
+    trials that run or are about to start, so no sweep hangs with every trial paused."""
+
+    scheduler: HyperBandScheduler
+
+    def __init__(self, scheduler: HyperBandScheduler, work: Sequence[TrialWork],
+                 board: Board, trials: Sequence[str]) -> None:
+        super().__init__(scheduler, work, board)
+        self.bracket = scheduler.assign(trials)
+        #: Trials to run or resume: neither ended, nor past their last milestone.
+        self.live = {t for t, w in self.work.items()
+                     if w.prior is None or w.prior.status is not TrialStatus.TERMINATED}
+        self._restored = [ended for bracket in sorted({self.bracket[t] for t in self.paused})
+                          for ended in self._settle(bracket)]
+
+    def restored(self) -> list[TrialOutcome]:
+        ended, self._restored = self._restored, []
+        return ended
+
+    def next(self) -> TrialWork | None:
+        if self.queued:
+            return self.queued.popleft()
+        if self.new:
+            item = self.new.popleft()
+            milestones = self.scheduler.milestones(self.bracket[item.spec.trial_id])
+            return self.start(item, milestones[0] if milestones else None)
+        return None
+
+    def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
+        if outcome.status is TrialStatus.PAUSED:
+            self.paused[outcome.trial_id] = outcome
+        else:
+            self.live.discard(outcome.trial_id)
+        return self._settle(self.bracket[outcome.trial_id])
+
+    def _settle(self, bracket: int) -> list[TrialOutcome]:
+        """Once every live trial of `bracket` paused at its milestone, queue the best to
+        resume and end the rest; returns those it ended."""
+        members = [t for t in self.live if self.bracket[t] == bracket]
+        if not members or any(t not in self.paused for t in members):
+            return []
+        values = {t: self.point(self.paused[t])[1] for t in members}
+        time = max(self.point(self.paused[t])[0] for t in members)
+        keep = max(int(len(members) // self.scheduler.reduction_factor), 1)
+        ranked = self.rank(members, values)
+        later = [m for m in self.scheduler.milestones(bracket) if m > time]
+        for trial in ranked[:keep]:
+            self.queued.append(self.resume(trial, later[0] if later else None))
+        ended = []
+        for trial in ranked[keep:]:
+            self.live.discard(trial)
+            ended.append(self.end(trial, (
+                f"outside the best {keep} of the {len(members)} trials of its HyperBand "
+                f"bracket at {self.scheduler.time_attr}={time:g}")))
+        return ended
+
+    def finish(self) -> list[TrialOutcome]:
+        return [self.end(t, "its HyperBand bracket ended") for t in list(self.paused)]
