@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import track
 
 from prefect_tune.flows.demo import run_demo
+from prefect_tune.flows.engine import describe
 from prefect_tune.flows.experiments import (
     Experiment,
     list_experiments,
@@ -41,7 +42,7 @@ def demo(storage_path: str | None = None, name: str | None = None) -> None:
     best = grid.get_best_result()
     print(f"experiment: {grid.experiment_path}")
     print(f"results:    {grid.experiment_path}/results.csv")
-    print(f"trials:     {grid.num_terminated} terminated, {grid.num_errors} errored")
+    print(f"trials:     {describe(grid).split(': ', 1)[1]}")
     print(f"best trial: {best.path}")
     print(f"  loss={best.metrics['loss']:.6f} config={best.config}")
     print(f"  checkpoint: {best.checkpoint.path if best.checkpoint else None}")
@@ -111,7 +112,9 @@ def show(experiment: str, /, *, storage_options: Options = None) -> None:
     _warn_missing(found)
     frame = found.frame()
     print(frame.astype(object).where(frame.notna(), "").to_string(index=False))
-    best = found.grid().summary().get("best")
+    grid = found.grid()
+    print(describe(grid))
+    best = grid.summary().get("best")
     if best:
         print(f"best trial: {best['trial']} with {best['metric']}={best['value']}")
         print(f"checkpoint: {best['checkpoint']}")

@@ -162,11 +162,15 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
 
 
 def describe(grid: ResultGrid) -> str:
-    """The trial counts of `grid` in words: "4 trials: 3 terminated, 1 errored, 0 stopped"."""
+    """The trial counts of `grid` in words: "4 trials: 3 terminated, 1 errored, 0
+    stopped", then the paused ones and those a scheduler stopped early, if any."""
     counts = {s: sum(r.status is s for r in grid) for s in TrialStatus}
+    paused, early = counts[TrialStatus.PAUSED], grid.num_stopped_early
     return (
         f"{len(grid)} trials: {counts[TrialStatus.TERMINATED]} terminated, "
         f"{counts[TrialStatus.ERROR]} errored, {counts[TrialStatus.STOPPED]} stopped"
+        + (f", {paused} paused" if paused else "")
+        + (f" ({early} stopped early by the scheduler)" if early else "")
     )
 
 

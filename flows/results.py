@@ -140,6 +140,16 @@ class ResultGrid:
     def num_terminated(self) -> int:
         return sum(r.status is TrialStatus.TERMINATED for r in self._results)
 
+    @property
+    def num_paused(self) -> int:
+        """Trials a scheduler paused that this sweep did not resume (it was stopped)."""
+        return sum(r.status is TrialStatus.PAUSED for r in self._results)
+
+    @property
+    def num_stopped_early(self) -> int:
+        """Trials a scheduler stopped before their end (they are TERMINATED)."""
+        return sum(r.stopped_early is not None for r in self._results)
+
     def get_best_result(
         self, metric: str | None = None, mode: str | None = None, scope: Scope = "last",
         filter_nan_and_inf: bool = True,

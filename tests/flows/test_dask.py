@@ -26,7 +26,7 @@ pytest.importorskip("prefect_dask", reason="prefect-dask is not installed")
 from distributed import Client, LocalCluster
 from prefect_dask import DaskTaskRunner
 
-from prefect_tune.flows import TuneConfig, Tuner, grid_search, with_resources
+from prefect_tune.flows import HyperBandScheduler, TuneConfig, Tuner, grid_search, with_resources
 from prefect_tune.storage import Checkpoint, ConfigError, FailureConfig, RunConfig, TrialStatus
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
@@ -252,3 +252,31 @@ def test_a_trial_asking_more_than_any_dask_worker_declares_is_refused(
                                           r"worker declares that much.*--resources \"GPU=3\""):
         tuner.fit()
     assert not (tmp_path / "runs" / "too-big").exists()
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+def test_schedulers_decide_the_same_on_dask(
+    cluster: LocalCluster, tmp_path: Path, scheduler: str
+) -> None:
+    """ASHA stops trials inside Dask workers at the report that caused it; HyperBand
+    pauses and resumes them there: the decisions are those of the default runner."""
+    from .curves import A, B, C, D, follow
+    from .test_schedulers import ASHA, assert_asha_decisions
+
+    four = [A, B, C, D] if scheduler == "asha" else [c[:4] for c in (A, B, C, D)]
+    grid = Tuner(
+        follow, param_space={"curve": grid_search(four)},
+        tune_config=TuneConfig(
+            metric="loss", mode="min", max_concurrent_trials=1,
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address),
+            scheduler=ASHA if scheduler == "asha" else HyperBandScheduler(
+                max_t=4, reduction_factor=2)),
+        run_config=RunConfig(name="sched", storage_path=str(tmp_path / "runs")),
+    ).fit()
+
+    if scheduler == "asha":
+        assert_asha_decisions(grid)
+    else:
+        assert [(r.status, r.outcome.num_reports, r.stopped_early is None) for r in grid] == [
+            (TrialStatus.TERMINATED, 4, True), (TrialStatus.TERMINATED, 2, False),
+            (TrialStatus.TERMINATED, 1, False), (TrialStatus.TERMINATED, 1, False)]

@@ -6,6 +6,7 @@ driver and a restore; bad settings are refused naming the value."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -290,6 +291,16 @@ def test_a_hyperband_sweep_killed_mid_bracket_restores_to_the_same_decisions(
     driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
                             capture_output=True, timeout=300, check=False)
     assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    before = Tuner.restore(str(storage / "sched"), curves.follow).get_results()
+    assert [r.status for r in before] == [TrialStatus.RUNNING, TrialStatus.PAUSED,
+                                          TrialStatus.TERMINATED, TrialStatus.TERMINATED]
+    assert (before.num_paused, before.num_stopped_early) == (1, 2)
+    shown = subprocess.run([os.path.join(os.path.dirname(sys.executable), "prefect-tune"),
+                            "show", str(storage / "sched")], capture_output=True, text=True,
+                           check=True, timeout=120).stdout
+    assert "4 trials: 0 terminated, 0 errored, 0 stopped" not in shown
+    assert "2 terminated, 0 errored, 0 stopped, 1 paused (2 stopped early by the " \
+           "scheduler)" in shown
 
     grid = Tuner.restore(str(storage / "sched"), curves.follow).fit()
 
