@@ -100,7 +100,7 @@ def _start(plan: TrialPlan, devices: tuple[str, ...], logger: Logger
     env = plan.resources.environment(devices) if plan.resources else {}
     if plan.isolation == "process":
         for _ in range(2):
-            worker = warm_worker(plan.trainable, plan.sweep, logger)
+            worker = warm_worker(plan, logger)
             if worker is None:
                 break
             try:

@@ -10,7 +10,8 @@ reaches the next, and a hard death (SIGKILL, the out-of-memory killer, a segfaul
 only that child. A warm worker that dies is replaced by the next attempt.
 
 The worker is `python -m prefect_tune.tasks.forkserver <fd> <control fd>`, started like
-any worker (`prefect_tune.tasks.process`); its job frame is the pickled trainable. It
+any worker (`prefect_tune.tasks.process`); its job frame is the pickled plan without its
+storage, and the module of the storage's filesystem. It
 answers ("ready",) or ("cold", reason) on its message pipe: cold when the trainable does
 not load, or its import leaves threads running or CUDA initialised, which a fork would
 break; trials then start in fresh processes. Afterwards the control socket (Unix,
@@ -24,6 +25,7 @@ died) or after `IDLE_SECONDS` without children; its running children run on.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import pickle
@@ -35,11 +37,13 @@ import sys
 import threading
 import traceback
 from collections.abc import Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import IO, Any, NoReturn, Self
 
 import cloudpickle
 
+from prefect_tune.tasks.plan import TrialPlan
 from prefect_tune.tasks.process import (
     Logger,
     describe_exit,
@@ -203,13 +207,14 @@ _WORKERS: dict[str, WarmWorker] = {}
 _REGISTRY = threading.Lock()
 
 
-def warm_worker(trainable: Any, sweep: str, logger: Logger) -> WarmWorker | None:
-    """This process's warm worker of sweep `sweep`, which runs `trainable` (started, or
-    replaced when it died, on first use); None when trials must start in fresh processes (no
-    `fork` on this platform, or the worker said the trainable cannot be forked: the
-    reason is logged once)."""
+def warm_worker(plan: TrialPlan, logger: Logger) -> WarmWorker | None:
+    """This process's warm worker of `plan`'s sweep (started, or replaced when it died,
+    on first use); None when trials must start in fresh processes (no `fork` on this
+    platform, or the worker said the trainable cannot be forked: the reason is logged
+    once)."""
     if sys.platform != "linux":
         return None
+    sweep = plan.sweep
     with _REGISTRY:
         worker = _WORKERS.get(sweep)
         if worker is not None and (worker.cold or worker.alive):
@@ -219,7 +224,10 @@ def warm_worker(trainable: Any, sweep: str, logger: Logger) -> WarmWorker | None
                 logger.warning("the sweep's warm worker (pid %d) died, %s; starting another",
                                worker.process.pid, describe_exit(worker.process.returncode))
             worker.close()
-        worker = _WORKERS[sweep] = WarmWorker(cloudpickle.dumps(trainable))
+        # What a trial's process unpickles, but the storage: opening it can start threads
+        warming = (replace(plan, store=None),  # type: ignore[arg-type]
+                   type(plan.store.storage.fs).__module__)
+        worker = _WORKERS[sweep] = WarmWorker(cloudpickle.dumps(warming))
         if worker.cold:
             logger.warning("trials start in fresh processes: %s", worker.cold)
             return None
@@ -338,12 +346,14 @@ def _send(sock: socket.socket, message: tuple[Any, ...]) -> None:
 
 
 def _load(data: bytes) -> str | None:
-    """Import what the trainable needs; None if children can be forked from here, else
-    the reason they cannot."""
+    """Import what a trial's process needs (the plan but its storage, and the storage's
+    filesystem module); None if children can be forked from here, else the reason they
+    cannot."""
     import prefect_tune.tasks.child  # noqa: F401 - every child needs it: import it once
 
     try:
-        pickle.loads(data)
+        _, filesystem = pickle.loads(data)
+        importlib.import_module(filesystem)
     except Exception as exc:  # noqa: BLE001 - a fresh process will report it properly
         return f"the trainable does not load in a new process ({type(exc).__name__}: {exc})"
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]

@@ -22,11 +22,18 @@ from prefect.client.schemas.filters import (
     TaskRunFilterFlowRunId,
 )
 
-from prefect_tune.flows import Trainer, TuneConfig, Tuner, grid_search, with_parameters
+from prefect_tune.flows import (
+    ASHAScheduler,
+    Trainer,
+    TuneConfig,
+    Tuner,
+    grid_search,
+    with_parameters,
+)
 from prefect_tune.flows.results import ResultGrid
 from prefect_tune.storage import FailureConfig, RunConfig, ScalingConfig, TrialStatus
 
-from .. import threaded_trainable, warm_trainable
+from .. import threaded_trainable, warm_stop, warm_trainable
 from ..conftest import wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -41,9 +48,11 @@ def imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def imported_by(path: Path) -> list[int]:
-    """The processes other than this one that imported warm_trainable."""
-    pids = [int(line) for line in path.read_text().split()] if path.exists() else []
+def imported_by(path: Path, module: str = "") -> list[int]:
+    """The processes other than this one that imported warm_trainable (or, with
+    module="stop", warm_stop)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    pids = [int(line.split()[-1]) for line in lines if line.startswith(module)]
     return [pid for pid in pids if pid != os.getpid()]
 
 
@@ -93,6 +102,24 @@ def test_twenty_trials_fork_from_one_warm_worker_and_log_their_start(
     for trial_lines in lines.values():
         ((attempt, _, how),) = trial_lines
         assert (attempt, how) == (1, "forked from the sweep's warm worker")
+
+
+def test_what_only_the_plan_refers_to_is_imported_once_too(
+    tmp_path: Path, imports: Path
+) -> None:
+    """A stop function and a scheduler are unpickled with the plan, not the trainable:
+    the warm worker imports their modules (prefect_tune.flows, and prefect with it) once,
+    not every trial's process."""
+    grid = Tuner(
+        warm_trainable.quick, param_space={"i": grid_search(list(range(4)))},
+        tune_config=TuneConfig(metric="pid", mode="max", scheduler=ASHAScheduler(max_t=5)),
+        run_config=RunConfig(name="warm-plan", storage_path=str(tmp_path / "runs"),
+                             stop=warm_stop.never),
+    ).fit()
+
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 4
+    (worker,) = imported_by(imports, "stop")
+    assert {r.metrics["ppid"] for r in grid} == {worker}
 
 
 def test_nothing_a_trial_changes_reaches_the_next_trial_of_the_same_worker(
