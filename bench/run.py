@@ -22,6 +22,8 @@ FULL = {
     "scale": [],
     "metric_names": [],
     "startup": [],
+    "asha": [],
+    "pause": [],
 }
 QUICK = {
     "sweep": ["--runs", "1", "--api", "ephemeral", "--trials", "4", "--iterations", "3",
@@ -31,6 +33,8 @@ QUICK = {
     "scale": ["--sizes", "10", "20", "--no-baseline"],
     "metric_names": ["--runs", "1", "--reports", "200"],
     "startup": ["--runs", "1", "--trials", "4"],
+    "asha": ["--seeds", "1", "--variants", "tune", "tune-fifo", "--loop", "0"],
+    "pause": ["--runs", "1"],
 }
 
 

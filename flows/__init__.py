@@ -8,6 +8,7 @@ from prefect_tune.flows.schedulers import (
     FIFOScheduler,
     HyperBandScheduler,
     MedianStoppingRule,
+    PopulationBasedTraining,
 )
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
 from prefect_tune.flows.trainer import Trainer
@@ -18,6 +19,7 @@ __all__ = [
     "FIFOScheduler",
     "HyperBandScheduler",
     "MedianStoppingRule",
+    "PopulationBasedTraining",
     "Result",
     "ResultGrid",
     "Trainer",

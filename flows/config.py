@@ -13,13 +13,15 @@ from prefect_tune.flows.schedulers import (
     FIFOScheduler,
     HyperBandScheduler,
     MedianStoppingRule,
+    PopulationBasedTraining,
     Scheduler,
     scheduler_from_json,
 )
 from prefect_tune.storage import ConfigError
 from prefect_tune.tasks.plan import Resources
 
-SCHEDULERS = (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule)
+SCHEDULERS = (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
+              PopulationBasedTraining)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,6 @@ class TuneConfig:
             raise ConfigError(
                 f"scheduler={self.scheduler!r} is not a scheduler; use one of "
                 "prefect_tune.flows.schedulers: ASHAScheduler, HyperBandScheduler, "
-                "MedianStoppingRule, FIFOScheduler"
+                "MedianStoppingRule, PopulationBasedTraining, FIFOScheduler"
             )
         self.bound_scheduler()  # a scheduler without a metric or mode fails here

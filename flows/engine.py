@@ -121,7 +121,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         marker=store.mark(), resources=plan.resources, stop=stop,
         scheduler=cast(SchedulerRule | None, scheduler),
     )
-    planner = planner_for(scheduler, trials.work, store.board,
+    planner = planner_for(scheduler, trials.work, store,
                           [spec.trial_id for spec in record.trials])
     logger.info(
         "sweep %s: %d trials (%d to run), %d at a time, storage %s",

@@ -1,6 +1,6 @@
 """What the sweep runs next: every trial in turn (`Queue`), or, for a scheduler that
 pauses trials at milestones, the segment it chooses (`Promotion`: ASHA with promotion,
-`Bracketed`: HyperBand).
+`Bracketed`: HyperBand, `Population`: population-based training).
 
 A segment is one task run of a trial that trains until a milestone of the scheduler's
 time_attr (`TrialWork.until`), then pauses: its latest checkpoint is committed and it
@@ -12,15 +12,23 @@ sweep rebuilds the planner from storage alone and goes on as the interrupted one
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, Protocol
 
-from prefect_tune.flows.schedulers import ASHAScheduler, HyperBandScheduler, Scheduler
-from prefect_tune.storage import TrialOutcome, TrialStatus
+from prefect import get_run_logger
+
+from prefect_tune.flows.schedulers import (
+    ASHAScheduler,
+    HyperBandScheduler,
+    PopulationBasedTraining,
+    Scheduler,
+)
+from prefect_tune.storage import ExperimentStore, StorageError, TrialOutcome, TrialStatus
 from prefect_tune.storage.board import Board
-from prefect_tune.storage.records import flatten
+from prefect_tune.storage.records import checkpoint_dir_name, flatten
 from prefect_tune.tasks.trial import TrialWork
 
 #: Board keys of the decisions a planner writes.
@@ -69,14 +77,16 @@ class Queue:
         return []
 
 
-def planner_for(scheduler: Scheduler | None, work: Sequence[TrialWork], board: Board,
-                trials: Sequence[str]) -> Planner:
+def planner_for(scheduler: Scheduler | None, work: Sequence[TrialWork],
+                store: ExperimentStore, trials: Sequence[str]) -> Planner:
     """The planner `scheduler` (bound to its metric and mode) needs for `work`, out of
     all the experiment's `trials` (ids, in the order they were sampled)."""
     if isinstance(scheduler, ASHAScheduler) and scheduler.promotion:
-        return Promotion(scheduler, work, board)
+        return Promotion(scheduler, work, store.board, trials)
     if isinstance(scheduler, HyperBandScheduler):
-        return Bracketed(scheduler, work, board, trials)
+        return Bracketed(scheduler, work, store.board, trials)
+    if isinstance(scheduler, PopulationBasedTraining):
+        return Population(scheduler, work, store, trials)
     return Queue(work)
 
 
@@ -84,10 +94,10 @@ class _Segments:
     """What both pausing planners share: trials to start, paused trials, segments to
     run, and the journal of decisions on the board."""
 
-    def __init__(self, scheduler: ASHAScheduler | HyperBandScheduler,
-                 work: Sequence[TrialWork], board: Board) -> None:
+    def __init__(self, scheduler: ASHAScheduler | HyperBandScheduler | PopulationBasedTraining,
+                 work: Sequence[TrialWork], board: Board, trials: Sequence[str]) -> None:
         self.scheduler, self.board = scheduler, board
-        self.order = {w.spec.trial_id: i for i, w in enumerate(work)}
+        self.order = {t: i for i, t in enumerate(trials)}
         self.work = {w.spec.trial_id: replace(w, restart=False) for w in work}
         self.paused: dict[str, TrialOutcome] = {}
         self.queued: deque[TrialWork] = deque()  # decided, to run before anything new
@@ -158,8 +168,8 @@ class Promotion(_Segments):
     scheduler: ASHAScheduler
 
     def __init__(self, scheduler: ASHAScheduler, work: Sequence[TrialWork],
-                 board: Board) -> None:
-        super().__init__(scheduler, work, board)
+                 board: Board, trials: Sequence[str]) -> None:
+        super().__init__(scheduler, work, board, trials)
         #: Each (bracket, rung)'s values: of the trials paused there and of those promoted.
         self.reached = {(b, k): board.values(self._key(b, k))
                         for b in range(scheduler.brackets)
@@ -228,7 +238,7 @@ class Bracketed(_Segments):
 
     def __init__(self, scheduler: HyperBandScheduler, work: Sequence[TrialWork],
                  board: Board, trials: Sequence[str]) -> None:
-        super().__init__(scheduler, work, board)
+        super().__init__(scheduler, work, board, trials)
         self.bracket = scheduler.assign(trials)
         #: Trials to run or resume: neither ended, nor past their last milestone.
         self.live = {t for t, w in self.work.items()
@@ -279,3 +289,121 @@ class Bracketed(_Segments):
 
     def finish(self) -> list[TrialOutcome]:
         return [self.end(t, "its HyperBand bracket ended") for t in list(self.paused)]
+
+
+class Population(_Segments):
+    """Population-based training: each trial pauses every perturbation interval; one in
+    the worst quantile of the population (by each trial's latest score) then exploits
+    one in the best, drawn from the scheduler's seed, the trial and the time: the donor's
+    latest checkpoint is copied into the trial's own latest (so the donor's retention
+    cannot take it away), its config explored, and the exploit added to the trial's
+    perturbations.json before it resumes; any other trial resumes as it was."""
+
+    scheduler: PopulationBasedTraining
+
+    def __init__(self, scheduler: PopulationBasedTraining, work: Sequence[TrialWork],
+                 store: ExperimentStore, trials: Sequence[str]) -> None:
+        work = [_current(store, item) for item in work]
+        super().__init__(scheduler, work, store.board, trials)
+        self.store = store
+        self.latest: dict[str, TrialOutcome] = {
+            w.spec.trial_id: w.prior for w in work
+            if w.prior is not None and _scored(w.prior, scheduler)}
+        for outcome in list(self.paused.values()):
+            self.queued.append(self._perturb(outcome))
+
+    def next(self) -> TrialWork | None:
+        if self.queued:
+            return self.queued.popleft()
+        if self.new:
+            return self.start(self.new.popleft(), self.scheduler.next_point(0))
+        return None
+
+    def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
+        if _scored(outcome, self.scheduler):
+            self.latest[outcome.trial_id] = outcome
+        if outcome.status is TrialStatus.PAUSED:
+            self.paused[outcome.trial_id] = outcome
+            self.queued.append(self._perturb(outcome))
+        return []
+
+    def finish(self) -> list[TrialOutcome]:
+        return []
+
+    def _quantiles(self) -> tuple[list[str], list[str]]:
+        """The worst and the best trials of the population by their latest scores."""
+        values = {t: self.point(o)[1] for t, o in self.latest.items()}
+        ranked = self.rank(values, values)  # best first
+        if len(ranked) <= 1:
+            return [], []
+        count = min(math.ceil(len(ranked) * self.scheduler.quantile_fraction),
+                    len(ranked) // 2)
+        return ranked[len(ranked) - count:], ranked[:count]
+
+    def _perturb(self, paused: TrialOutcome) -> TrialWork:
+        """The next segment of `paused`: exploiting a better trial if it is among the
+        worst (or if it was decided before the sweep was interrupted), else as it is."""
+        trial = paused.trial_id
+        time = self.point(paused)[0]
+        history = self.store.trial(paused.trial_name).read_perturbations()
+        entry: dict[str, Any] | None
+        if history and history[-1]["time"] == time:  # decided: finish it
+            entry = history[-1]
+        else:
+            worst, best = self._quantiles()
+            entry = self._choose(paused, best) if trial in worst and best else None
+        if entry is not None:
+            paused = self._exploit(paused, entry, fresh=not history or history[-1] != entry)
+            self.paused[trial] = paused
+            self.work[trial] = replace(self.work[trial],
+                                       spec=replace(self.work[trial].spec, config=paused.config))
+        return self.resume(trial, self.scheduler.next_point(time))
+
+    def _choose(self, paused: TrialOutcome, best: list[str]) -> dict[str, Any] | None:
+        time = self.point(paused)[0]
+        rng = self.scheduler.rng(paused.trial_id, time)
+        donor = self.latest[rng.choice(best)]
+        checkpoint = donor.latest_checkpoint
+        if checkpoint is None or paused.latest_checkpoint is None:
+            return None  # nothing to copy, or nothing to copy into: it goes on as it is
+        return {"time": time, "donor": donor.trial_id, "donor_name": donor.trial_name,
+                "donor_checkpoint": checkpoint_dir_name(checkpoint.index),
+                "donor_index": checkpoint.index,
+                "config": self.scheduler.explore(donor.config, rng)}
+
+    def _exploit(self, paused: TrialOutcome, entry: dict[str, Any], fresh: bool
+                 ) -> TrialOutcome:
+        """Record the exploit (when `fresh`), then copy the donor's checkpoint into the
+        trial's latest; returns the trial with its new config."""
+        trial = self.store.trial(paused.trial_name)
+        latest = paused.latest_checkpoint
+        assert latest is not None
+        try:
+            if fresh:
+                trial.append_perturbation(entry)
+            donor = self.store.trial(entry["donor_name"]).checkpoint(entry["donor_index"])
+            with donor.as_directory() as local:
+                trial.replace_checkpoint(latest.index, local)
+        except (StorageError, OSError) as exc:
+            get_run_logger().warning(
+                "trial %s could not exploit %s (%s); it goes on as it is", paused.trial_name,
+                entry["donor"], exc)
+            return paused
+        get_run_logger().info(
+            "trial %s exploits %s at %s=%g: it goes on from %s's %s with %s",
+            paused.trial_name, entry["donor"], self.scheduler.time_attr, entry["time"],
+            entry["donor"], entry["donor_checkpoint"], entry["config"])
+        return replace(paused, config=entry["config"])
+
+
+def _current(store: ExperimentStore, item: TrialWork) -> TrialWork:
+    """`item` with the config its trial has now: of its latest exploit, if any."""
+    history = store.trial(item.spec.trial_name).read_perturbations() if item.prior else []
+    if not history:
+        return item
+    return replace(item, spec=replace(item.spec, config=history[-1]["config"]))
+
+
+def _scored(outcome: TrialOutcome, scheduler: PopulationBasedTraining) -> bool:
+    flat = flatten(outcome.last_metrics)
+    return scheduler.metric in flat and scheduler.time_attr in flat

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, Self
 
-from prefect_tune.storage import ConfigError
+from prefect_tune.flows.search_space import Domain, space_from_json, space_to_json
+from prefect_tune.storage import CheckpointConfig, ConfigError
 from prefect_tune.storage.board import Board
 from prefect_tune.tasks.plan import Decision
 
@@ -238,9 +240,132 @@ class HyperBandScheduler(_Scheduler):
         return None
 
 
-Scheduler = FIFOScheduler | ASHAScheduler | MedianStoppingRule | HyperBandScheduler
+@dataclass(frozen=True)
+class PopulationBasedTraining(_Scheduler):
+    """Population-based training: every trial pauses each `perturbation_interval` of
+    time_attr (from `burn_in_period` on, its checkpoint committed); a trial then in the
+    worst `quantile_fraction` of the population (by the latest score of each trial)
+    exploits one in the best: it goes on from a copy of that trial's checkpoint, with
+    that trial's config explored (`prefect_tune.flows.pausing.Population`).
+
+    `hyperparam_mutations` maps config keys to a list of values (explored as a step to
+    a neighbouring value, or resampled) or a search-space domain such as uniform(0, 1)
+    (multiplied by one of `perturbation_factors`, or resampled); each key is resampled
+    with `resample_probability`. With `seed`, every choice is reproducible (it is drawn
+    from the seed, the trial and the time, so a restored sweep draws the same).
+    """
+
+    perturbation_interval: float = 10
+    hyperparam_mutations: Mapping[str, Any] = field(default_factory=dict)
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
+    perturbation_factors: tuple[float, float] = (1.2, 0.8)
+    burn_in_period: float = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "perturbation_interval")
+        name = "PopulationBasedTraining"
+        if not isinstance(self.hyperparam_mutations, Mapping) or not self.hyperparam_mutations:
+            raise ConfigError(f"{name}(hyperparam_mutations={self.hyperparam_mutations!r}) "
+                              "is invalid: map config keys to lists of values or domains, "
+                              "such as {'lr': uniform(1e-4, 1e-1)}")
+        if isinstance(self.hyperparam_mutations, Mapping) and not isinstance(
+                self.hyperparam_mutations, dict):
+            object.__setattr__(self, "hyperparam_mutations", dict(self.hyperparam_mutations))
+        for key, mutation in self.hyperparam_mutations.items():
+            if not (isinstance(mutation, (list, tuple)) and mutation) and \
+                    not isinstance(mutation, Domain):
+                raise ConfigError(f"{name}: the mutation of {key!r} is {mutation!r}; use a "
+                                  "non-empty list of values or a domain such as uniform()")
+        if not 0 < self.quantile_fraction <= 0.5:
+            raise ConfigError(f"{name}(quantile_fraction={self.quantile_fraction!r}) is "
+                              "invalid: use a fraction in (0, 0.5]")
+        if not 0 <= self.resample_probability <= 1:
+            raise ConfigError(f"{name}(resample_probability={self.resample_probability!r}) "
+                              "is invalid: use a probability in [0, 1]")
+        if len(self.perturbation_factors) != 2 or any(
+                not isinstance(f, (int, float)) or f <= 0 for f in self.perturbation_factors):
+            raise ConfigError(f"{name}(perturbation_factors={self.perturbation_factors!r}) "
+                              "is invalid: use two positive numbers, such as (1.2, 0.8)")
+        object.__setattr__(self, "perturbation_factors", tuple(self.perturbation_factors))
+        if self.burn_in_period < 0:
+            raise ConfigError(f"{name}(burn_in_period={self.burn_in_period!r}) is invalid: "
+                              "use a number >= 0")
+
+    max_t = math.inf  # trials end on their own (stop conditions, or returning)
+
+    def check_space(self, config: Mapping[str, Any]) -> None:
+        """Raises ConfigError if a mutated key is not in a trial's `config`."""
+        missing = sorted(k for k in self.hyperparam_mutations if k not in config)
+        if missing:
+            raise ConfigError(f"PopulationBasedTraining mutates {missing}, which the search "
+                              f"space does not have (its keys: {sorted(config)}); add them "
+                              "to param_space or drop them from hyperparam_mutations")
+
+    def next_point(self, time: float) -> float:
+        """The time at which a trial that is at `time` pauses next."""
+        return max(time + self.perturbation_interval, self.burn_in_period)
+
+    def rng(self, *parts: object) -> random.Random:
+        """A generator drawn from the seed and `parts` (the trial, the time)."""
+        return random.Random(f"{self.seed}:" + ":".join(map(str, parts)))
+
+    def explore(self, config: Mapping[str, Any], rng: random.Random) -> dict[str, Any]:
+        """`config` with each mutated key perturbed or resampled."""
+        explored = dict(config)
+        for key, mutation in self.hyperparam_mutations.items():
+            value = config[key]
+            if isinstance(mutation, Domain):
+                if rng.random() < self.resample_probability or \
+                        not isinstance(value, (int, float)):
+                    explored[key] = mutation.sample(rng)
+                else:
+                    explored[key] = type(value)(value * rng.choice(self.perturbation_factors))
+                continue
+            values = list(mutation)
+            if rng.random() < self.resample_probability or value not in values:
+                explored[key] = rng.choice(values)
+            else:
+                index = values.index(value) + rng.choice((-1, 1))
+                explored[key] = values[min(max(index, 0), len(values) - 1)]
+        return explored
+
+    def decide(self, board: Board, trial_id: str,
+               history: Sequence[tuple[float, float]]) -> Decision | None:
+        return None  # trials end on their own; the sweep pauses them (pausing.Population)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(),
+                "hyperparam_mutations": space_to_json(self.hyperparam_mutations),
+                "perturbation_factors": list(self.perturbation_factors)}
+
+
+Scheduler = (FIFOScheduler | ASHAScheduler | MedianStoppingRule | HyperBandScheduler
+             | PopulationBasedTraining)
 _KINDS: dict[str, type[Any]] = {k.__name__: k for k in (
-    FIFOScheduler, ASHAScheduler, MedianStoppingRule, HyperBandScheduler)}
+    FIFOScheduler, ASHAScheduler, MedianStoppingRule, HyperBandScheduler,
+    PopulationBasedTraining)}
+
+
+def check_scheduler(scheduler: Scheduler | None, space: Mapping[str, Any],
+                    checkpoints: CheckpointConfig) -> None:
+    """Refuse a scheduler the sweep's other settings do not suit.
+
+    Raises:
+        ConfigError: a pausing scheduler with checkpoints switched off (a resumed trial
+            would start over), or PBT mutating a key the search space lacks.
+    """
+    pauses = isinstance(scheduler, (HyperBandScheduler, PopulationBasedTraining)) or (
+        isinstance(scheduler, ASHAScheduler) and scheduler.promotion)
+    if pauses and checkpoints.num_to_keep == 0:
+        raise ConfigError(
+            f"{type(scheduler).__name__} pauses trials and resumes them from their latest "
+            "checkpoint, but CheckpointConfig(num_to_keep=0) keeps none; keep at least one "
+            "(num_to_keep=1 keeps the latest)"
+        )
+    if isinstance(scheduler, PopulationBasedTraining):
+        scheduler.check_space(space)
 
 
 def scheduler_from_json(data: Mapping[str, Any]) -> Scheduler:
@@ -254,7 +379,12 @@ def scheduler_from_json(data: Mapping[str, Any]) -> Scheduler:
         raise ConfigError(f"scheduler {dict(data)!r} is not one this prefect-tune knows "
                           f"({', '.join(_KINDS)})")
     names = {f.name for f in fields(kind)}
-    return kind(**{k: v for k, v in data.items() if k in names})  # type: ignore[no-any-return]
+    arguments = {k: v for k, v in data.items() if k in names}
+    if kind is PopulationBasedTraining:
+        arguments["hyperparam_mutations"] = space_from_json(
+            arguments.get("hyperparam_mutations", {}), "hyperparam_mutations")
+        arguments["perturbation_factors"] = tuple(arguments.get("perturbation_factors", ()))
+    return kind(**arguments)  # type: ignore[no-any-return]
 
 
 def _positive(scheduler: Any, *names: str) -> None:

@@ -23,6 +23,7 @@ from prefect_tune.flows.plan import (
     resolve_run_storage,
 )
 from prefect_tune.flows.results import ResultGrid
+from prefect_tune.flows.schedulers import check_scheduler
 from prefect_tune.flows.search_space import space_from_json, space_to_json, validate_space
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -85,6 +86,7 @@ class Tuner:
                 trainable_name(trainable), datetime.now()))
         self.run_config = run_config
         check_trainable(trainable, run_config.checkpoint_config)
+        check_scheduler(self.tune_config.scheduler, param_space, run_config.checkpoint_config)
         self._stored: tuple[Storage, StoredExperiment] | None = None
 
     @property

@@ -44,6 +44,8 @@ PARAMS = "params.json"
 RESULT_LOG = "result.json"
 PROGRESS = "progress.csv"
 ERROR_FILE = "error.txt"
+#: A trial's population-based training history: one JSON line per exploit.
+PERTURBATIONS = "perturbations.json"
 #: Written last into a checkpoint directory; its presence is what makes it committed.
 MANIFEST = ".checkpoint.json"
 #: The file `Checkpoint.from_dict` stores its data in.

@@ -80,7 +80,8 @@ class ExperimentRecord:
 
 
 def outcome_to_json(outcome: TrialOutcome) -> bytes:
-    """The trial state file for `outcome` (its config lives in experiment.json)."""
+    """The trial state file for `outcome` (with its config: population-based training
+    changes it; experiment.json keeps the one it was sampled with)."""
     def records(records: tuple[CheckpointRecord, ...]) -> list[dict[str, Any]]:
         return [{"index": r.index, "metrics": r.metrics} for r in records]
 
@@ -88,6 +89,7 @@ def outcome_to_json(outcome: TrialOutcome) -> bytes:
         "format": STATE_FORMAT,
         "trial_id": outcome.trial_id,
         "trial_name": outcome.trial_name,
+        "config": outcome.config,
         "status": outcome.status.value,
         "attempts": outcome.attempts,
         "num_reports": outcome.num_reports,
@@ -115,11 +117,11 @@ def outcome_from_json(data: bytes, spec: TrialSpec, where: str) -> TrialOutcome:
     best_score = raw.get("best_score")
     if best_score is not None and not isinstance(best_score, (int, float)):
         raise StorageError(f"{where}: best_score is {best_score!r}, not a number")
-    error, early = raw.get("error"), raw.get("stopped_early")
+    error, early, config = raw.get("error"), raw.get("stopped_early"), raw.get("config")
     return TrialOutcome(
         trial_id=spec.trial_id,
         trial_name=spec.trial_name,
-        config=spec.config,
+        config=config if isinstance(config, dict) else spec.config,  # PBT changes it
         status=status,
         last_metrics=_field(raw, "last_metrics", dict, where),
         num_reports=_field(raw, "num_reports", int, where),

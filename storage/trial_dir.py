@@ -22,6 +22,7 @@ from prefect_tune.storage.layout import (
     ERROR_FILE,
     MANIFEST,
     PARAMS,
+    PERTURBATIONS,
     RESULT_LOG,
     ExperimentLayout,
     checkpoint_index,
@@ -165,6 +166,29 @@ class TrialDir:
         """Publish local directory `source` as checkpoint `index` of the trial."""
         self.storage.commit_directory(source, self.layout.staging_dir(self.name, index),
                                       self.layout.checkpoint_dir(self.name, index))
+
+    def replace_checkpoint(self, index: int, source: str) -> None:
+        """Make checkpoint `index` hold local directory `source` instead (population-based
+        training: the trial goes on from another's state). In between it is not
+        committed: a crash leaves the trial to resume from an earlier one, never a torn
+        one."""
+        self.delete_checkpoint(index)
+        self.commit_checkpoint(index, source)
+
+    def append_perturbation(self, entry: Mapping[str, Any]) -> None:
+        """Add one exploit (time, donor, its checkpoint, the new config) to the trial's
+        history."""
+        path = self.file(PERTURBATIONS)
+        previous = self.storage.read_bytes(path) if self.storage.exists(path) else b""
+        line = json.dumps(dict(entry), sort_keys=True).encode() + b"\n"
+        self.storage.write_bytes(path, previous + line)
+
+    def read_perturbations(self) -> list[dict[str, Any]]:
+        """The trial's exploits, oldest first."""
+        path = self.file(PERTURBATIONS)
+        if not self.storage.exists(path):
+            return []
+        return parse_rows(self.storage.read_bytes(path).decode(), self.storage.uri(path))
 
     def delete_checkpoint(self, index: int) -> None:
         """Delete checkpoint `index`; after a partial failure, calling again finishes it."""

@@ -37,3 +37,21 @@ class Follow(Trainable):
 
     def step(self) -> dict[str, Any]:
         return {"loss": self.curve[self.iteration]}
+
+
+def grow(config: dict[str, Any]) -> None:
+    """A population-based training toy: each step adds config["lr"] to a value kept in
+    the checkpoint (with the id of the trial that wrote it). With config["marker"], a
+    trial that starts from another trial's checkpoint SIGKILLs its process group once."""
+    from prefect_tune.tasks import get_context
+
+    me = get_context().trial_id
+    checkpoint = get_checkpoint()
+    state = checkpoint.to_dict() if checkpoint else {"value": 0.0, "trial": me}
+    if state["trial"] != me and config.get("marker") and not os.path.exists(config["marker"]):
+        open(config["marker"], "w").close()
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    value = state["value"]
+    while True:
+        value += config["lr"]
+        report({"score": value}, checkpoint=Checkpoint.from_dict({"value": value, "trial": me}))

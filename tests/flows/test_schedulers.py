@@ -23,12 +23,19 @@ from prefect_tune.flows import (
     FIFOScheduler,
     HyperBandScheduler,
     MedianStoppingRule,
+    PopulationBasedTraining,
     TuneConfig,
     Tuner,
     grid_search,
 )
 from prefect_tune.flows.results import ResultGrid
-from prefect_tune.storage import ConfigError, RunConfig, TrialStatus, resolve_storage
+from prefect_tune.storage import (
+    CheckpointConfig,
+    ConfigError,
+    RunConfig,
+    TrialStatus,
+    resolve_storage,
+)
 from prefect_tune.storage.board import Board
 from prefect_tune.storage.layout import ExperimentLayout
 
@@ -161,6 +168,17 @@ def test_a_restore_after_the_driver_is_killed_makes_the_same_decisions(tmp_path:
     (lambda: ASHAScheduler(max_t=1, grace_period=2), r"max_t=1\) is below grace_period=2"),
     (lambda: ASHAScheduler(reduction_factor=1), r"reduction_factor=1\) is invalid"),
     (lambda: HyperBandScheduler(reduction_factor=0.5), r"reduction_factor=0.5\) is invalid"),
+    (lambda: PopulationBasedTraining(), r"hyperparam_mutations=\{\}\) is invalid"),
+    (lambda: PopulationBasedTraining(hyperparam_mutations={"lr": []}),
+     "the mutation of 'lr' is \\[\\]"),
+    (lambda: Tuner(curves.grow, param_space={"lr": 0.1}, tune_config=TuneConfig(
+        metric="score", mode="max", scheduler=PopulationBasedTraining(
+            hyperparam_mutations={"momentum": [0.8, 0.9]}))),
+     r"mutates \['momentum'\], which the search space does not have"),
+    (lambda: Tuner(curves.follow, run_config=RunConfig(checkpoint_config=CheckpointConfig(
+        num_to_keep=0)), tune_config=TuneConfig(metric="loss", mode="min",
+                                                scheduler=HyperBandScheduler())),
+     r"HyperBandScheduler pauses trials .*\(num_to_keep=0\) keeps none"),
     (lambda: MedianStoppingRule(min_samples_required=0), r"min_samples_required=0"),
     (lambda: TuneConfig(scheduler=ASHAScheduler(metric="loss")), r"mode=None\) is invalid"),
     (lambda: TuneConfig(scheduler=ASHAScheduler()), "ASHAScheduler needs a metric"),
@@ -309,3 +327,112 @@ def test_a_hyperband_sweep_killed_mid_bracket_restores_to_the_same_decisions(
         (TrialStatus.TERMINATED, 1), (TrialStatus.TERMINATED, 1)]
     assert [r.stopped_early is None for r in grid] == [True, False, False, False]
     assert segments(grid[0]) == [1, 2, 3, 4]
+
+
+def test_an_asha_promotion_sweep_killed_late_restores_to_the_same_decisions(
+    tmp_path: Path
+) -> None:
+    """The driver dies as A is about to report step 3, after B has finished: the restored
+    sweep ranks rungs that hold B's values without B running again, resumes A, and ends
+    as the uninterrupted sweep did."""
+    storage, marker = tmp_path / "runs", tmp_path / "killed"
+    code = textwrap.dedent(f"""
+        from prefect_tune.flows import ASHAScheduler, TuneConfig, Tuner, grid_search
+        from prefect_tune.storage import RunConfig
+        from tests.flows import curves
+        space = {{"curve": grid_search([curves.A, curves.B, curves.C, curves.D]),
+                  "kill": curves.A, "kill_at": 3, "marker": {str(marker)!r}}}
+        Tuner(curves.follow, param_space=space,
+              tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
+                                     scheduler={replace(ASHA, promotion=True)!r}),
+              run_config=RunConfig(name="sched", storage_path={str(storage)!r})).fit()
+    """)
+    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            capture_output=True, timeout=300, check=False)
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    before = {tuple(r.config["curve"]): r.status
+              for r in Tuner.restore(str(storage / "sched"), curves.follow).get_results()}
+    assert before[tuple(curves.B)] is TrialStatus.TERMINATED
+
+    grid = Tuner.restore(str(storage / "sched"), curves.follow).fit()
+
+    found = by_curve(grid)
+    assert found["A"] == (TrialStatus.TERMINATED, 8, None)
+    assert found["B"] == (TrialStatus.TERMINATED, 8, None)
+    assert [found[n][:2] for n in "CD"] == [(TrialStatus.TERMINATED, 1)] * 2
+    a = next(r for r in grid if r.config["curve"] == curves.A)
+    assert segments(a) == list(range(1, 9))
+
+
+#: Never 0.2: an exploit always shows in T1's config.
+PBT = PopulationBasedTraining(perturbation_interval=2, hyperparam_mutations={
+    "lr": [0.05, 0.1, 0.15]}, seed=7)
+
+
+def pbt_sweep(tmp_path: Path, **space: Any) -> ResultGrid:
+    return Tuner(
+        curves.grow, param_space={"lr": grid_search([0.1, 0.2]), **space},
+        tune_config=TuneConfig(metric="score", mode="max", scheduler=PBT,
+                               max_concurrent_trials=1),
+        run_config=RunConfig(name="pbt", storage_path=str(tmp_path / "runs"),
+                             stop={"training_iteration": 6},
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    ).fit()
+
+
+def assert_pbt_decisions(grid: ResultGrid) -> None:
+    """T0 (lr 0.1) runs to 6 first; T1 (lr 0.2) pauses at 2 with 0.4, the worse of the
+    two, and exploits T0: it goes on from T0's last checkpoint (0.6), with T0's config
+    explored; at 4 it leads, and goes on as it is."""
+    t0, t1 = grid
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 2
+    assert t0.metrics_dataframe["score"].round(6).tolist() == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    draws = PBT.rng(t1.trial_id, 2.0)  # the seed's draws for T1 at 2: its donor, then...
+    assert draws.choice([t0.trial_id]) == t0.trial_id
+    explored = PBT.explore(dict(t0.config), draws)  # ...its explored config
+    lr = explored["lr"]
+    rows = t1.metrics_dataframe
+    assert rows["training_iteration"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert rows["score"].round(6).tolist() == [round(v, 6) for v in (
+        0.2, 0.4, 0.6 + lr, 0.6 + 2 * lr, 0.6 + 3 * lr, 0.6 + 4 * lr)]
+    assert t1.config == explored and explored["lr"] != 0.2
+    assert json.loads((Path(t1.path) / "params.json").read_text()) == explored
+    (entry,) = [json.loads(line) for line in
+                (Path(t1.path) / "perturbations.json").read_text().splitlines()]
+    assert (entry["time"], entry["donor"], entry["donor_checkpoint"], entry["config"]) == (
+        2.0, t0.trial_id, "checkpoint_000005", explored)
+
+
+def test_pbt_exploits_the_better_trial_from_a_copy_of_its_checkpoint(tmp_path: Path) -> None:
+    grid = pbt_sweep(tmp_path)
+
+    assert_pbt_decisions(grid)
+    # num_to_keep=1 left T0 only its last checkpoint, and T1 a copy of it, since replaced
+    assert [p.name for p in sorted(Path(grid[0].path).glob("checkpoint_*"))] == \
+        ["checkpoint_000005"]
+
+
+def test_a_pbt_sweep_killed_after_an_exploit_restores_to_the_same_decisions(
+    tmp_path: Path
+) -> None:
+    storage, marker = tmp_path / "runs", tmp_path / "killed"
+    code = textwrap.dedent(f"""
+        from prefect_tune.flows import PopulationBasedTraining, TuneConfig, Tuner, grid_search
+        from prefect_tune.storage import CheckpointConfig, RunConfig
+        from tests.flows import curves
+        Tuner(curves.grow, param_space={{"lr": grid_search([0.1, 0.2]),
+                                         "marker": {str(marker)!r}}},
+              tune_config=TuneConfig(metric="score", mode="max", max_concurrent_trials=1,
+                                     scheduler={PBT!r}),
+              run_config=RunConfig(name="pbt", storage_path={str(storage)!r},
+                                   stop={{"training_iteration": 6}},
+                                   checkpoint_config=CheckpointConfig(num_to_keep=1))).fit()
+    """)
+    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            capture_output=True, timeout=300, check=False)
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    assert marker.exists()
+
+    grid = Tuner.restore(str(storage / "pbt"), curves.grow).fit()
+
+    assert_pbt_decisions(grid)
