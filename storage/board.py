@@ -30,7 +30,7 @@ class Board:
         found = self._values(directory)
         mine = f"{trial_id}={float(value)!r}"
         if found.get(trial_id) != (mine, value):
-            self.storage.write_bytes(f"{directory}/{mine}", b"", durable=False)
+            self.storage.touch(f"{directory}/{mine}")
             if trial_id in found:
                 self.storage.remove(f"{directory}/{found[trial_id][0]}")
         return {**{t: v for t, (_, v) in found.items()}, trial_id: value}

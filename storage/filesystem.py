@@ -118,6 +118,21 @@ class Storage:
         except Exception as exc:  # any backend failure, named: the file and the cause
             raise self.error("write", path, exc) from exc
 
+    def touch(self, path: str) -> None:
+        """Make `path` an empty file (creating its directory): a record whose name is
+        its content, atomic by nature."""
+        try:
+            if not self.is_local:
+                self.fs.pipe_file(path, b"")
+                return
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+        except Exception as exc:
+            raise self.error("write", path, exc) from exc
+
     def create(self, path: str, data: bytes) -> bool:
         """Write `path` only if it does not exist yet, atomically; False if it does.
         Locally a complete temp file is hard-linked into place; object stores get a PUT

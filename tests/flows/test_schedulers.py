@@ -81,6 +81,31 @@ def assert_asha_decisions(grid: ResultGrid) -> None:
             assert early is not None and f"at rung {rung.split()[1]} " in early, early
 
 
+def kill_driver(storage: Path, marker: Path, scheduler: Any, curves_: str, kill: str,
+                kill_at: int) -> None:
+    """Run a sweep of curves.follow over `curves_` (an expression over module `curves`)
+    with `scheduler`, one trial at a time, in a driver process that the trial whose curve
+    is `kill` SIGKILLs, with itself, before reporting step `kill_at`."""
+    run_killed(textwrap.dedent(f"""
+        from prefect_tune.flows import (ASHAScheduler, HyperBandScheduler, TuneConfig,
+                                        Tuner, grid_search)
+        from prefect_tune.storage import RunConfig
+        from tests.flows import curves
+        space = {{"curve": grid_search({curves_}), "kill": {kill}, "kill_at": {kill_at},
+                  "marker": {str(marker)!r}}}
+        Tuner(curves.follow, param_space=space,
+              tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
+                                     scheduler={scheduler!r}),
+              run_config=RunConfig(name="sched", storage_path={str(storage)!r})).fit()
+    """))
+
+
+def run_killed(code: str) -> None:
+    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
+                            capture_output=True, timeout=300, check=False)
+    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+
+
 @pytest.mark.parametrize("isolation", ["process", "thread"])
 def test_asha_stops_each_trial_outside_the_best_half_of_a_rung(
     tmp_path: Path, isolation: str
@@ -140,20 +165,8 @@ def test_a_restore_after_the_driver_is_killed_makes_the_same_decisions(tmp_path:
     and 2; the restored sweep resumes B from its checkpoint at step 2, and every decision
     is the uninterrupted run's."""
     storage, marker = tmp_path / "runs", tmp_path / "killed"
-    code = textwrap.dedent(f"""
-        from prefect_tune.flows import ASHAScheduler, TuneConfig, Tuner, grid_search
-        from prefect_tune.storage import RunConfig
-        from tests.flows import curves
-        space = {{"curve": grid_search([curves.A, curves.B, curves.C, curves.D]),
-                  "kill": curves.B, "kill_at": 3, "marker": {str(marker)!r}}}
-        Tuner(curves.follow, param_space=space,
-              tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
-                                     scheduler={ASHA!r}),
-              run_config=RunConfig(name="sched", storage_path={str(storage)!r})).fit()
-    """)
-    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            capture_output=True, timeout=300, check=False)
-    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    kill_driver(storage, marker, ASHA, "[curves.A, curves.B, curves.C, curves.D]",
+                "curves.B", 3)
     assert marker.exists()
 
     grid = Tuner.restore(str(storage / "sched"), curves.follow).fit()
@@ -293,22 +306,8 @@ def test_a_hyperband_sweep_killed_mid_bracket_restores_to_the_same_decisions(
     paused there); the restored sweep resumes A from its checkpoint and decides as the
     uninterrupted one did."""
     storage, marker = tmp_path / "runs", tmp_path / "killed"
-    scheduler = HyperBandScheduler(max_t=4, reduction_factor=2)
-    code = textwrap.dedent(f"""
-        from prefect_tune.flows import HyperBandScheduler, TuneConfig, Tuner, grid_search
-        from prefect_tune.storage import RunConfig
-        from tests.flows import curves
-        space = {{"curve": grid_search([c[:4] for c in (curves.A, curves.B, curves.C,
-                                                        curves.D)]),
-                  "kill": curves.A[:4], "kill_at": 2, "marker": {str(marker)!r}}}
-        Tuner(curves.follow, param_space=space,
-              tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
-                                     scheduler={scheduler!r}),
-              run_config=RunConfig(name="sched", storage_path={str(storage)!r})).fit()
-    """)
-    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            capture_output=True, timeout=300, check=False)
-    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    kill_driver(storage, marker, HyperBandScheduler(max_t=4, reduction_factor=2),
+                "[c[:4] for c in (curves.A, curves.B, curves.C, curves.D)]", "curves.A[:4]", 2)
     before = Tuner.restore(str(storage / "sched"), curves.follow).get_results()
     assert [r.status for r in before] == [TrialStatus.RUNNING, TrialStatus.PAUSED,
                                           TrialStatus.TERMINATED, TrialStatus.TERMINATED]
@@ -336,20 +335,8 @@ def test_an_asha_promotion_sweep_killed_late_restores_to_the_same_decisions(
     sweep ranks rungs that hold B's values without B running again, resumes A, and ends
     as the uninterrupted sweep did."""
     storage, marker = tmp_path / "runs", tmp_path / "killed"
-    code = textwrap.dedent(f"""
-        from prefect_tune.flows import ASHAScheduler, TuneConfig, Tuner, grid_search
-        from prefect_tune.storage import RunConfig
-        from tests.flows import curves
-        space = {{"curve": grid_search([curves.A, curves.B, curves.C, curves.D]),
-                  "kill": curves.A, "kill_at": 3, "marker": {str(marker)!r}}}
-        Tuner(curves.follow, param_space=space,
-              tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
-                                     scheduler={replace(ASHA, promotion=True)!r}),
-              run_config=RunConfig(name="sched", storage_path={str(storage)!r})).fit()
-    """)
-    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            capture_output=True, timeout=300, check=False)
-    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    kill_driver(storage, marker, replace(ASHA, promotion=True),
+                "[curves.A, curves.B, curves.C, curves.D]", "curves.A", 3)
     before = {tuple(r.config["curve"]): r.status
               for r in Tuner.restore(str(storage / "sched"), curves.follow).get_results()}
     assert before[tuple(curves.B)] is TrialStatus.TERMINATED
@@ -428,9 +415,7 @@ def test_a_pbt_sweep_killed_after_an_exploit_restores_to_the_same_decisions(
                                    stop={{"training_iteration": 6}},
                                    checkpoint_config=CheckpointConfig(num_to_keep=1))).fit()
     """)
-    driver = subprocess.run([sys.executable, "-c", code], cwd=REPO, start_new_session=True,
-                            capture_output=True, timeout=300, check=False)
-    assert driver.returncode == -signal.SIGKILL, driver.stderr.decode()[-2000:]
+    run_killed(code)
     assert marker.exists()
 
     grid = Tuner.restore(str(storage / "pbt"), curves.grow).fit()
