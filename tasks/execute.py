@@ -89,10 +89,14 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
     if status is TrialStatus.PAUSED:
         latest = outcome.latest_checkpoint
         assert session is not None and plan.scheduler is not None
-        logger.info("trial %s paused at %s=%g; it resumes from %s", spec.trial_name,
-                    plan.scheduler.time_attr, session.history[-1][0],
-                    checkpoint_dir_name(latest.index) if latest else "scratch (it has no "
-                    "checkpoint: report one at each milestone to keep its progress)")
+        where = f"{plan.scheduler.time_attr}={session.history[-1][0]:g}"
+        if latest is None:
+            logger.warning("trial %s paused at %s without a checkpoint: it will start from "
+                           "scratch when resumed; report a checkpoint at each milestone to "
+                           "keep its progress", spec.trial_name, where)
+        else:
+            logger.info("trial %s paused at %s; it resumes from %s", spec.trial_name, where,
+                        checkpoint_dir_name(latest.index))
         return outcome
     logger.info(
         "trial %s finished after %d reports%s", spec.trial_name, outcome.num_reports,

@@ -421,3 +421,17 @@ def test_a_pbt_sweep_killed_after_an_exploit_restores_to_the_same_decisions(
     grid = Tuner.restore(str(storage / "pbt"), curves.grow).fit()
 
     assert_pbt_decisions(grid)
+
+
+def test_a_trial_without_checkpoints_restarts_from_scratch_after_a_pause_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    grid = sweep(curves.follow_without_checkpoints, tmp_path,
+                 HyperBandScheduler(max_t=4, reduction_factor=2),
+                 {"curve": grid_search([c[:4] for c in (curves.A, curves.B, curves.C,
+                                                        curves.D)])})
+
+    assert [r.outcome.num_reports for r in grid] == [4, 2, 1, 1]  # the same decisions
+    assert segments(grid[0]) == [1, 2, 3, 4]  # each iteration once, after two restarts
+    assert f"trial {grid[0].outcome.trial_name} paused at training_iteration=1 without a " \
+           "checkpoint: it will start from scratch when resumed" in caplog.text
