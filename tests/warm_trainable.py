@@ -4,13 +4,14 @@ $WARM_IMPORTS (when set)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 from typing import Any
 
 import numpy
-import prefect  # noqa: F401 - the import that costs seconds in every new interpreter
+from prefect import flow  # noqa: F401 - costs seconds in a new interpreter; sets up logging
 
 from prefect_tune.storage import Checkpoint
 from prefect_tune.tasks import get_checkpoint, get_context, report
@@ -27,6 +28,7 @@ def where() -> dict[str, int]:
 
 
 def quick(config: dict[str, Any]) -> None:
+    logging.getLogger(__name__).info("trial %s says hello through logging", config["i"])
     report(where())
 
 

@@ -88,6 +88,18 @@ def start_lines(name: str, trials: int) -> dict[str, list[tuple[int, int, str]]]
     return lines
 
 
+def log_messages(name: str, fragment: str, count: int) -> list[tuple[int, str]]:
+    """(level, message) of the logs of flow run `name` holding `fragment`, once `count`
+    are in."""
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+        logs = wait_for(
+            lambda: client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))),
+            lambda found: sum(fragment in log.message for log in found) >= count, timeout=60)
+    return [(log.level, log.message) for log in logs if fragment in log.message]
+
+
 def test_twenty_trials_fork_from_one_warm_worker_and_log_their_start(
     tmp_path: Path, imports: Path
 ) -> None:
@@ -98,6 +110,11 @@ def test_twenty_trials_fork_from_one_warm_worker_and_log_their_start(
     assert {r.metrics["ppid"] for r in grid} == {worker}
     assert len({r.metrics["pid"] for r in grid}) == 20
     lines = start_lines("warm-twenty", 20)
+    # the module configured logging (prefect does, on import): the trial's records still
+    # reach its log
+    hello = log_messages("warm-twenty", "says hello through logging", 20)
+    assert sorted(hello) == sorted((20, f"trial {i} says hello through logging")
+                                   for i in range(20))
     assert sorted(lines) == sorted(r.outcome.trial_name for r in grid)
     for trial_lines in lines.values():
         ((attempt, _, how),) = trial_lines
