@@ -132,10 +132,11 @@ def test_show_and_best_name_the_best_checkpoint(experiment: Path, prefect_server
     shown = run_cli("show", str(experiment), api=prefect_server)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
-    assert len(lines) == 1 + len(table) + 2  # header, one row per trial, the best trial
+    assert len(lines) == 1 + len(table) + 3  # header, a row per trial, counts, the best
     columns = lines[0].split()
     assert sorted(columns) == sorted(table.columns)
-    rows = parse_table(lines[:-2], columns)
+    rows = parse_table(lines[:-3], columns)
+    assert lines[-3] == "4 trials: 4 terminated, 0 errored, 0 stopped"
     assert [r["trial_id"] for r in rows] == list(table["trial_id"])
     assert [r["trial_name"] for r in rows] == list(table["trial_name"])
     assert [r["status"] for r in rows] == ["TERMINATED"] * 4
