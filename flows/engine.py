@@ -122,7 +122,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         scheduler=cast(SchedulerRule | None, scheduler),
     )
     planner = planner_for(scheduler, trials.work, store,
-                          [spec.trial_id for spec in record.trials])
+                          [spec.trial_id for spec in record.trials], trials.kept)
     logger.info(
         "sweep %s: %d trials (%d to run), %d at a time, storage %s",
         plan.name, len(record.trials), len(trials.work), plan.concurrency, store.path,

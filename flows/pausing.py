@@ -78,15 +78,17 @@ class Queue:
 
 
 def planner_for(scheduler: Scheduler | None, work: Sequence[TrialWork],
-                store: ExperimentStore, trials: Sequence[str]) -> Planner:
+                store: ExperimentStore, trials: Sequence[str],
+                kept: Sequence[TrialOutcome] = ()) -> Planner:
     """The planner `scheduler` (bound to its metric and mode) needs for `work`, out of
-    all the experiment's `trials` (ids, in the order they were sampled)."""
+    all the experiment's `trials` (ids, in the order they were sampled), of which those
+    that ended in an earlier run are `kept`."""
     if isinstance(scheduler, ASHAScheduler) and scheduler.promotion:
         return Promotion(scheduler, work, store.board, trials)
     if isinstance(scheduler, HyperBandScheduler):
         return Bracketed(scheduler, work, store.board, trials)
     if isinstance(scheduler, PopulationBasedTraining):
-        return Population(scheduler, work, store, trials)
+        return Population(scheduler, work, store, trials, kept)
     return Queue(work)
 
 
@@ -302,13 +304,15 @@ class Population(_Segments):
     scheduler: PopulationBasedTraining
 
     def __init__(self, scheduler: PopulationBasedTraining, work: Sequence[TrialWork],
-                 store: ExperimentStore, trials: Sequence[str]) -> None:
+                 store: ExperimentStore, trials: Sequence[str],
+                 kept: Sequence[TrialOutcome]) -> None:
         work = [_current(store, item) for item in work]
         super().__init__(scheduler, work, store.board, trials)
         self.store = store
+        #: Each trial's latest outcome with a score: the population, and the donors.
         self.latest: dict[str, TrialOutcome] = {
-            w.spec.trial_id: w.prior for w in work
-            if w.prior is not None and _scored(w.prior, scheduler)}
+            o.trial_id: o for o in [*kept, *(w.prior for w in work if w.prior)]
+            if _scored(o, scheduler)}
         for outcome in list(self.paused.values()):
             self.queued.append(self._perturb(outcome))
 

@@ -26,8 +26,22 @@ pytest.importorskip("prefect_dask", reason="prefect-dask is not installed")
 from distributed import Client, LocalCluster
 from prefect_dask import DaskTaskRunner
 
-from prefect_tune.flows import HyperBandScheduler, TuneConfig, Tuner, grid_search, with_resources
-from prefect_tune.storage import Checkpoint, ConfigError, FailureConfig, RunConfig, TrialStatus
+from prefect_tune.flows import (
+    HyperBandScheduler,
+    MedianStoppingRule,
+    TuneConfig,
+    Tuner,
+    grid_search,
+    with_resources,
+)
+from prefect_tune.storage import (
+    Checkpoint,
+    CheckpointConfig,
+    ConfigError,
+    FailureConfig,
+    RunConfig,
+    TrialStatus,
+)
 from prefect_tune.tasks import get_checkpoint, get_context, report
 
 from ..conftest import CallLog, make_backend
@@ -254,29 +268,66 @@ def test_a_trial_asking_more_than_any_dask_worker_declares_is_refused(
     assert not (tmp_path / "runs" / "too-big").exists()
 
 
-@pytest.mark.parametrize("scheduler", ["asha", "hyperband"])
+@pytest.mark.parametrize("scheduler", ["asha", "hyperband", "median"])
 def test_schedulers_decide_the_same_on_dask(
     cluster: LocalCluster, tmp_path: Path, scheduler: str
 ) -> None:
-    """ASHA stops trials inside Dask workers at the report that caused it; HyperBand
-    pauses and resumes them there: the decisions are those of the default runner."""
+    """ASHA and the median rule stop trials inside Dask workers at the report that
+    caused it; HyperBand pauses and resumes them there: the decisions are those of the
+    default runner (tests/flows/test_schedulers.py)."""
     from .curves import A, B, C, D, follow
-    from .test_schedulers import ASHA, assert_asha_decisions
+    from .test_schedulers import ASHA, MEDIAN_CURVES, assert_asha_decisions
 
-    four = [A, B, C, D] if scheduler == "asha" else [c[:4] for c in (A, B, C, D)]
+    curves, chosen = {
+        "asha": ([A, B, C, D], ASHA),
+        "hyperband": ([c[:4] for c in (A, B, C, D)],
+                      HyperBandScheduler(max_t=4, reduction_factor=2)),
+        "median": (MEDIAN_CURVES, MedianStoppingRule(min_samples_required=2)),
+    }[scheduler]
     grid = Tuner(
-        follow, param_space={"curve": grid_search(four)},
+        follow, param_space={"curve": grid_search(curves)},
         tune_config=TuneConfig(
-            metric="loss", mode="min", max_concurrent_trials=1,
-            task_runner=DaskTaskRunner(address=cluster.scheduler_address),
-            scheduler=ASHA if scheduler == "asha" else HyperBandScheduler(
-                max_t=4, reduction_factor=2)),
+            metric="loss", mode="min", max_concurrent_trials=1, scheduler=chosen,
+            task_runner=DaskTaskRunner(address=cluster.scheduler_address)),
         run_config=RunConfig(name="sched", storage_path=str(tmp_path / "runs")),
     ).fit()
 
     if scheduler == "asha":
         assert_asha_decisions(grid)
     else:
-        assert [(r.status, r.outcome.num_reports, r.stopped_early is None) for r in grid] == [
-            (TrialStatus.TERMINATED, 4, True), (TrialStatus.TERMINATED, 2, False),
-            (TrialStatus.TERMINATED, 1, False), (TrialStatus.TERMINATED, 1, False)]
+        reports = {"hyperband": [4, 2, 1, 1], "median": [4, 4, 4, 1, 2]}[scheduler]
+        assert [r.outcome.num_reports for r in grid] == reports
+        assert [r.stopped_early is None for r in grid] == [n == max(reports) for n in reports]
+
+
+def test_asha_promotion_and_pbt_decide_the_same_on_dask(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The promotion planner and PBT's exploit (a checkpoint copied between trials that
+    ran in Dask workers) make the default runner's decisions."""
+    from dataclasses import replace
+
+    from .curves import A, B, C, D, follow, grow
+    from .test_schedulers import ASHA, PBT, assert_pbt_decisions, by_curve
+
+    runner = DaskTaskRunner(address=cluster.scheduler_address)
+    grid = Tuner(
+        follow, param_space={"curve": grid_search([A, B, C, D])},
+        tune_config=TuneConfig(metric="loss", mode="min", max_concurrent_trials=1,
+                               task_runner=runner, scheduler=replace(ASHA, promotion=True)),
+        run_config=RunConfig(name="promotion", storage_path=str(tmp_path / "runs")),
+    ).fit()
+    found = by_curve(grid)
+    assert [found[n][:2] for n in "ABCD"] == [(TrialStatus.TERMINATED, 8)] * 2 + \
+        [(TrialStatus.TERMINATED, 1)] * 2
+
+    grid = Tuner(
+        grow, param_space={"lr": grid_search([0.1, 0.2])},
+        tune_config=TuneConfig(metric="score", mode="max", scheduler=PBT,
+                               max_concurrent_trials=1,
+                               task_runner=DaskTaskRunner(address=cluster.scheduler_address)),
+        run_config=RunConfig(name="pbt", storage_path=str(tmp_path / "runs"),
+                             stop={"training_iteration": 6},
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    ).fit()
+    assert_pbt_decisions(grid)

@@ -134,13 +134,15 @@ def test_asha_decides_for_class_trainables_at_the_step_that_caused_it(tmp_path: 
     assert_asha_decisions(grid)
 
 
+MEDIAN_CURVES = [[5, 4, 3, 2], [6, 5, 4, 3], [3, 3, 3, 3], [9, 9, 1, 1], [5.5] * 4]
+
+
 def test_median_rule_stops_trials_worse_than_the_others_running_means(tmp_path: Path) -> None:
     # D is worse at step 1 than the median of A, B, C (5); E at step 2 than the median of
     # the running means of A, B, C at 2 (4.5, 5.5, 3): D never reached step 2.
-    curves_ = [[5, 4, 3, 2], [6, 5, 4, 3], [3, 3, 3, 3], [9, 9, 1, 1], [5.5] * 4]
     grid = sweep(curves.follow, tmp_path,
                  MedianStoppingRule(grace_period=1, min_samples_required=2),
-                 {"curve": grid_search(curves_)})
+                 {"curve": grid_search(MEDIAN_CURVES)})
 
     reports = [r.outcome.num_reports for r in grid]
     assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 5
@@ -435,3 +437,36 @@ def test_a_trial_without_checkpoints_restarts_from_scratch_after_a_pause_and_say
     assert segments(grid[0]) == [1, 2, 3, 4]  # each iteration once, after two restarts
     assert f"trial {grid[0].outcome.trial_name} paused at training_iteration=1 without a " \
            "checkpoint: it will start from scratch when resumed" in caplog.text
+
+
+def test_a_pbt_sweep_killed_between_its_record_of_an_exploit_and_the_copy_redoes_it(
+    tmp_path: Path
+) -> None:
+    """The driver dies once the exploit is in T1's perturbations.json, before T0's
+    checkpoint is copied into T1's: the restored sweep finds the record and carries the
+    exploit out as recorded."""
+    storage = tmp_path / "runs"
+    run_killed(textwrap.dedent(f"""
+        import os, signal
+        from prefect_tune.flows import PopulationBasedTraining, TuneConfig, Tuner, grid_search
+        from prefect_tune.storage import CheckpointConfig, RunConfig
+        from prefect_tune.storage.trial_dir import TrialDir
+        from tests.flows import curves
+
+        def die(self, index, source):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+        TrialDir.replace_checkpoint = die  # the sweep dies where the copy would start
+        Tuner(curves.grow, param_space={{"lr": grid_search([0.1, 0.2])}},
+              tune_config=TuneConfig(metric="score", mode="max", max_concurrent_trials=1,
+                                     scheduler={PBT!r}),
+              run_config=RunConfig(name="pbt", storage_path={str(storage)!r},
+                                   stop={{"training_iteration": 6}},
+                                   checkpoint_config=CheckpointConfig(num_to_keep=1))).fit()
+    """))
+    (t1,) = [p for p in (storage / "pbt").glob("grow_*") if (p / "perturbations.json").exists()]
+    assert json.loads((t1 / "trial.json").read_text())["status"] == "PAUSED"
+
+    grid = Tuner.restore(str(storage / "pbt"), curves.grow).fit()
+
+    assert_pbt_decisions(grid)
