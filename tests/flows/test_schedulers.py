@@ -27,6 +27,7 @@ from prefect_tune.flows import (
     TuneConfig,
     Tuner,
     grid_search,
+    loguniform,
 )
 from prefect_tune.flows.results import ResultGrid
 from prefect_tune.storage import (
@@ -470,3 +471,12 @@ def test_a_pbt_sweep_killed_between_its_record_of_an_exploit_and_the_copy_redoes
     grid = Tuner.restore(str(storage / "pbt"), curves.grow).fit()
 
     assert_pbt_decisions(grid)
+
+
+def test_a_pbt_with_domains_survives_experiment_json() -> None:
+    pbt = PopulationBasedTraining(hyperparam_mutations={
+        "lr": loguniform(1e-4, 1e-1), "batch": [16, 32, 64]}, seed=3)
+    stored = json.loads(json.dumps(TuneConfig(metric="m", mode="max", scheduler=pbt).stored()))
+    assert stored["scheduler"]["hyperparam_mutations"] == {
+        "lr": {"loguniform": [1e-4, 1e-1]}, "batch": [16, 32, 64]}
+    assert TuneConfig(**stored).scheduler == pbt
