@@ -23,6 +23,7 @@ FULL = {
     "metric_names": [],
     "startup": [],
     "asha": [],
+    "pbt": [],
     "pause": [],
 }
 QUICK = {
@@ -34,6 +35,7 @@ QUICK = {
     "metric_names": ["--runs", "1", "--reports", "200"],
     "startup": ["--runs", "1", "--trials", "4"],
     "asha": ["--seeds", "1", "--variants", "tune", "tune-fifo", "--loop", "0"],
+    "pbt": ["--seeds", "1", "--variants", "tune", "--loop", "0"],
     "pause": ["--runs", "1"],
 }
 

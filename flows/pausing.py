@@ -13,6 +13,7 @@ sweep rebuilds the planner from storage alone and goes on as the interrupted one
 from __future__ import annotations
 
 import math
+import shutil
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -26,9 +27,16 @@ from prefect_tune.flows.schedulers import (
     PopulationBasedTraining,
     Scheduler,
 )
-from prefect_tune.storage import ExperimentStore, StorageError, TrialOutcome, TrialStatus
+from prefect_tune.storage import (
+    CheckpointError,
+    ExperimentStore,
+    StorageError,
+    TrialOutcome,
+    TrialStatus,
+)
 from prefect_tune.storage.board import Board
 from prefect_tune.storage.records import checkpoint_dir_name, flatten
+from prefect_tune.storage.scratch import scratch_dir
 from prefect_tune.tasks.trial import TrialWork
 
 #: Board keys of the decisions a planner writes.
@@ -351,7 +359,7 @@ class Population(_Segments):
         time = self.point(paused)[0]
         history = self.store.trial(paused.trial_name).read_perturbations()
         entry: dict[str, Any] | None
-        if history and history[-1]["time"] == time:  # decided: finish it
+        if history and history[-1]["time"] == time and "donor" in history[-1]:  # finish it
             entry = history[-1]
         else:
             worst, best = self._quantiles()
@@ -377,22 +385,33 @@ class Population(_Segments):
 
     def _exploit(self, paused: TrialOutcome, entry: dict[str, Any], fresh: bool
                  ) -> TrialOutcome:
-        """Record the exploit (when `fresh`), then copy the donor's checkpoint into the
-        trial's latest; returns the trial with its new config."""
+        """Copy the donor's checkpoint here, record the exploit (when `fresh`), then make
+        the copy the trial's latest checkpoint; returns the trial with its new config.
+
+        A donor checkpoint that is gone (a running donor's retention took it) leaves the
+        trial as it is, with a warning; an exploit recorded before (the sweep died while
+        carrying it out) is then called off in the record. A storage fault after the
+        record fails the sweep: a restore carries the recorded exploit out."""
         trial = self.store.trial(paused.trial_name)
         latest = paused.latest_checkpoint
         assert latest is not None
+        local = scratch_dir("exploit-")
         try:
+            try:
+                self.store.trial(entry["donor_name"]).checkpoint(entry["donor_index"]) \
+                    .to_directory(local)
+            except (CheckpointError, StorageError, OSError) as exc:
+                if not fresh:
+                    trial.append_perturbation({"time": entry["time"], "cancelled": True,
+                                               "config": dict(paused.config)})
+                get_run_logger().warning("trial %s could not exploit %s (%s); it goes on as "
+                                         "it is", paused.trial_name, entry["donor"], exc)
+                return paused
             if fresh:
                 trial.append_perturbation(entry)
-            donor = self.store.trial(entry["donor_name"]).checkpoint(entry["donor_index"])
-            with donor.as_directory() as local:
-                trial.replace_checkpoint(latest.index, local)
-        except (StorageError, OSError) as exc:
-            get_run_logger().warning(
-                "trial %s could not exploit %s (%s); it goes on as it is", paused.trial_name,
-                entry["donor"], exc)
-            return paused
+            trial.replace_checkpoint(latest.index, local)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
         get_run_logger().info(
             "trial %s exploits %s at %s=%g: it goes on from %s's %s with %s",
             paused.trial_name, entry["donor"], self.scheduler.time_attr, entry["time"],

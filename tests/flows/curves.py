@@ -7,6 +7,7 @@ remembers it did."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from typing import Any
 
@@ -60,3 +61,19 @@ def grow(config: dict[str, Any]) -> None:
 def follow_without_checkpoints(config: dict[str, Any]) -> None:
     for loss in config["curve"]:
         report({"loss": loss})
+
+
+def grow_then_lose_donors(config: dict[str, Any]) -> None:
+    """`grow`, but the second trial first deletes every other trial's checkpoints, as a
+    running donor's retention might before an exploit copies one."""
+    from pathlib import Path
+
+    from prefect_tune.tasks import get_context
+
+    if config["lr"] == 0.2 and get_checkpoint() is None:
+        trial = Path(get_context().trial_path)
+        for other in trial.parent.glob("grow_then_lose_donors_*"):
+            if other != trial:
+                for checkpoint in other.glob("checkpoint_*"):
+                    shutil.rmtree(checkpoint)
+    grow(config)

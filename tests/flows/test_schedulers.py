@@ -480,3 +480,23 @@ def test_a_pbt_with_domains_survives_experiment_json() -> None:
     assert stored["scheduler"]["hyperparam_mutations"] == {
         "lr": {"loguniform": [1e-4, 1e-1]}, "batch": [16, 32, 64]}
     assert TuneConfig(**stored).scheduler == pbt
+
+
+def test_a_pbt_exploit_whose_donor_checkpoint_is_gone_is_skipped_and_not_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    grid = Tuner(
+        curves.grow_then_lose_donors, param_space={"lr": grid_search([0.1, 0.2])},
+        tune_config=TuneConfig(metric="score", mode="max", scheduler=PBT,
+                               max_concurrent_trials=1),
+        run_config=RunConfig(name="pbt", storage_path=str(tmp_path / "runs"),
+                             stop={"training_iteration": 6},
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    ).fit()
+
+    t0, t1 = grid
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 2
+    assert t1.config["lr"] == 0.2  # it went on as it was, from its own state
+    assert t1.metrics_dataframe["score"].round(6).tolist() == [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
+    assert not (Path(t1.path) / "perturbations.json").exists()
+    assert f"trial {t1.outcome.trial_name} could not exploit {t0.trial_id}" in caplog.text
