@@ -27,10 +27,9 @@ from common import (
     burn,
     clean_env,
     emit,
-    median,
     out_dir_argument,
     run_process,
-    table,
+    target_table,
     write_outputs,
 )
 from hartmann import MAX_T, configs, loss, target
@@ -102,22 +101,10 @@ def main() -> None:
 
 
 def report(samples: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
-    def med(variant: str, key: str) -> float | None:
-        values = [s[key] for s in samples[variant] if s[key] is not None]
-        return median(values) if len(values) == len(samples[variant]) else None
-
-    ray = med("ray", "to_target_s") if "ray" in samples else None
-    rows = []
-    for variant in samples:
-        to_target = med(variant, "to_target_s")
-        rows.append([variant, to_target if to_target is not None else "not reached",
-                     med(variant, "steps"), med(variant, "sweep_s"),
-                     f"{to_target / ray:.2f}" if ray and to_target is not None else ""])
     markdown = (
         f"ASHA time to target: 81 Hartmann-6 configs, max_t {MAX_T}, grace 1, reduction "
         f"factor 3, {args.concurrency} at a time, a {args.loop}-step CPU loop per step; "
-        f"medians over seeds {args.seeds}.\n\n"
-        + table(["variant", "to target s", "steps trained", "sweep s", "vs Ray"], rows)
+        f"medians over seeds {args.seeds}.\n\n" + target_table(samples)
     )
     write_outputs(args.out, "asha", {"runs": samples}, markdown)
 

@@ -212,3 +212,22 @@ def plain_trial(trial: int, root: str, workload: Workload) -> dict[str, float]:
             log.write(json.dumps({**metrics, "training_iteration": iteration}) + "\n")
             log.flush()
     return metrics
+
+
+def target_table(samples: dict[str, list[dict[str, Any]]]) -> str:
+    """The time-to-target table of `samples` (runs by variant, each with to_target_s,
+    steps, sweep_s): medians, and each variant against "ray"'s time. A variant that
+    missed the target in some runs shows how many runs reached it."""
+    def reached(runs: list[dict[str, Any]]) -> float | None:
+        hits = [s["to_target_s"] for s in runs if s["to_target_s"] is not None]
+        return median(hits) if hits and len(hits) == len(runs) else None
+
+    ray = reached(samples["ray"]) if "ray" in samples else None
+    rows = []
+    for variant, runs in samples.items():
+        to_target = reached(runs)
+        hits = sum(s["to_target_s"] is not None for s in runs)
+        rows.append([variant, to_target if to_target is not None else f"{hits}/{len(runs)}",
+                     median([s["steps"] for s in runs]), median([s["sweep_s"] for s in runs]),
+                     f"{to_target / ray:.2f}" if ray and to_target is not None else ""])
+    return table(["variant", "to target s", "steps trained", "sweep s", "vs Ray"], rows)

@@ -29,10 +29,9 @@ from common import (
     burn,
     clean_env,
     emit,
-    median,
     out_dir_argument,
     run_process,
-    table,
+    target_table,
     write_outputs,
 )
 from ray_pbt import reached
@@ -104,21 +103,10 @@ def main() -> None:
             samples[variant].append(result)
             print(f"seed {seed} {variant}: target at {result['to_target_s']} s, "
                   f"{result['steps']} steps, sweep {result['sweep_s']:.1f} s", flush=True)
-    rows = []
-    ray = None
-    if "ray" in samples and all(s["to_target_s"] is not None for s in samples["ray"]):
-        ray = median([s["to_target_s"] for s in samples["ray"]])
-    for variant, runs in samples.items():
-        hits = [s["to_target_s"] for s in runs if s["to_target_s"] is not None]
-        to_target = median(hits) if len(hits) == len(runs) else None
-        rows.append([variant, to_target if to_target is not None else f"{len(hits)}/{len(runs)}",
-                     median([s["steps"] for s in runs]), median([s["sweep_s"] for s in runs]),
-                     f"{to_target / ray:.2f}" if ray and to_target is not None else ""])
     markdown = (
         f"PBT time to target: Ray's triangle-wave toy, population {len(LRS)}, "
         f"{args.concurrency} at a time, accuracy {TARGET}, a {args.loop}-step CPU loop per "
-        f"step; medians over seeds {args.seeds}.\n\n"
-        + table(["variant", "to target s", "steps trained", "sweep s", "vs Ray"], rows)
+        f"step; medians over seeds {args.seeds}.\n\n" + target_table(samples)
     )
     write_outputs(args.out, "pbt", {"runs": samples}, markdown)
 
