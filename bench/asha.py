@@ -29,6 +29,7 @@ from common import (
     emit,
     out_dir_argument,
     run_process,
+    run_seeds,
     target_table,
     write_outputs,
 )
@@ -87,16 +88,13 @@ def main() -> None:
     env = clean_env()
     run_process([sys.executable, __file__, "--measure", "tune-fifo", "--seed", "0",
                  "--loop", "0"], env)  # creates the Prefect database
-    samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    flags = ["--concurrency", str(args.concurrency), "--loop", str(args.loop)]
-    for seed in args.seeds:
-        for variant in variants:
-            argv = ([args.ray_python, os.path.join(HERE, "ray_asha.py")] if variant == "ray"
-                    else [sys.executable, __file__, "--measure", variant])
-            result = run_process([*argv, "--seed", str(seed), *flags], env)
-            samples[variant].append(result)
-            print(f"seed {seed} {variant}: target at {result['to_target_s']} s, "
-                  f"{result['steps']} steps, sweep {result['sweep_s']:.1f} s", flush=True)
+    def argv_of(variant: str) -> list[str]:
+        if variant == "ray":
+            return [args.ray_python, os.path.join(HERE, "ray_asha.py")]
+        return [sys.executable, __file__, "--measure", variant]
+
+    samples = run_seeds(args.seeds, variants, argv_of,
+                        ["--concurrency", str(args.concurrency), "--loop", str(args.loop)], env)
     report(samples, args)
 
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -231,3 +231,18 @@ def target_table(samples: dict[str, list[dict[str, Any]]]) -> str:
                      median([s["steps"] for s in runs]), median([s["sweep_s"] for s in runs]),
                      f"{to_target / ray:.2f}" if ray and to_target is not None else ""])
     return table(["variant", "to target s", "steps trained", "sweep s", "vs Ray"], rows)
+
+
+def run_seeds(seeds: Sequence[int], variants: Sequence[str],
+              argv_of: Callable[[str], list[str]], flags: list[str],
+              env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """Run `argv_of(variant) + --seed N + flags` for every seed and variant, variants
+    interleaved seed by seed; the time-to-target results, by variant."""
+    samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for seed in seeds:
+        for variant in variants:
+            result = run_process([*argv_of(variant), "--seed", str(seed), *flags], env)
+            samples[variant].append(result)
+            print(f"seed {seed} {variant}: target at {result['to_target_s']} s, "
+                  f"{result['steps']} steps, sweep {result['sweep_s']:.1f} s", flush=True)
+    return samples

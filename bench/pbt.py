@@ -30,7 +30,7 @@ from common import (
     clean_env,
     emit,
     out_dir_argument,
-    run_process,
+    run_seeds,
     target_table,
     write_outputs,
 )
@@ -92,17 +92,14 @@ def main() -> None:
         print(f"Ray Tune skipped: no Ray at {args.ray_python} (see bench/README.md)")
         variants = [v for v in variants if not v.startswith("ray")]
     env = clean_env()
-    samples: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    flags = ["--concurrency", str(args.concurrency), "--loop", str(args.loop)]
-    for seed in args.seeds:
-        for variant in variants:
-            argv = ([args.ray_python, os.path.join(HERE, "ray_pbt.py"), "--num-to-keep",
-                     "2" if variant == "ray-keep2" else "0"] if variant.startswith("ray")
-                    else [sys.executable, __file__, "--measure"])
-            result = run_process([*argv, "--seed", str(seed), *flags], env)
-            samples[variant].append(result)
-            print(f"seed {seed} {variant}: target at {result['to_target_s']} s, "
-                  f"{result['steps']} steps, sweep {result['sweep_s']:.1f} s", flush=True)
+    def argv_of(variant: str) -> list[str]:
+        if variant.startswith("ray"):
+            return [args.ray_python, os.path.join(HERE, "ray_pbt.py"), "--num-to-keep",
+                    "2" if variant == "ray-keep2" else "0"]
+        return [sys.executable, __file__, "--measure"]
+
+    samples = run_seeds(args.seeds, variants, argv_of,
+                        ["--concurrency", str(args.concurrency), "--loop", str(args.loop)], env)
     markdown = (
         f"PBT time to target: Ray's triangle-wave toy, population {len(LRS)}, "
         f"{args.concurrency} at a time, accuracy {TARGET}, a {args.loop}-step CPU loop per "

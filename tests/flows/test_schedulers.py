@@ -359,9 +359,9 @@ PBT = PopulationBasedTraining(perturbation_interval=2, hyperparam_mutations={
     "lr": [0.05, 0.1, 0.15]}, seed=7)
 
 
-def pbt_sweep(tmp_path: Path, **space: Any) -> ResultGrid:
+def pbt_sweep(tmp_path: Path, trainable: Any = curves.grow) -> ResultGrid:
     return Tuner(
-        curves.grow, param_space={"lr": grid_search([0.1, 0.2]), **space},
+        trainable, param_space={"lr": grid_search([0.1, 0.2])},
         tune_config=TuneConfig(metric="score", mode="max", scheduler=PBT,
                                max_concurrent_trials=1),
         run_config=RunConfig(name="pbt", storage_path=str(tmp_path / "runs"),
@@ -485,14 +485,7 @@ def test_a_pbt_with_domains_survives_experiment_json() -> None:
 def test_a_pbt_exploit_whose_donor_checkpoint_is_gone_is_skipped_and_not_recorded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    grid = Tuner(
-        curves.grow_then_lose_donors, param_space={"lr": grid_search([0.1, 0.2])},
-        tune_config=TuneConfig(metric="score", mode="max", scheduler=PBT,
-                               max_concurrent_trials=1),
-        run_config=RunConfig(name="pbt", storage_path=str(tmp_path / "runs"),
-                             stop={"training_iteration": 6},
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
-    ).fit()
+    grid = pbt_sweep(tmp_path, curves.grow_then_lose_donors)
 
     t0, t1 = grid
     assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 2
