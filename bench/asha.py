@@ -7,10 +7,13 @@ Variants, each a whole process, interleaved seed by seed (a seed fixes the confi
 - tune-promotion: prefect-tune's ASHAScheduler(promotion=True), the paper's algorithm;
 - tune-fifo: prefect-tune without a scheduler (what the schedulers save);
 - ray: Ray Tune 2.60's ASHAScheduler, by the Python of Ray's own environment.
+With `--services running` each sweep joins services started before it (a `prefect
+server start`; a `ray start --head` cluster), as deployed sweeps do, instead of starting
+its own (Prefect's ephemeral API server; Ray's in-process cluster start).
 "Time to target": from the start of the sweep call to the first report at or below the
 third-best full-fidelity loss of the 81 configs.
 
-Run: python bench/asha.py [--seeds 1 2 3] [--ray-python PATH]
+Run: python bench/asha.py [--seeds 1 2 3] [--services own|running] [--ray-python PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from common import (
@@ -28,6 +32,8 @@ from common import (
     clean_env,
     emit,
     out_dir_argument,
+    prefect_server,
+    ray_cluster,
     run_process,
     run_seeds,
     target_table,
@@ -73,6 +79,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--loop", type=int, default=45_000)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--services", choices=("own", "running"), default="own")
     parser.add_argument("--ray-python", default=DEFAULT_RAY_PYTHON)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
@@ -85,23 +92,35 @@ def main() -> None:
     if "ray" in variants and not os.path.exists(args.ray_python):
         print(f"Ray Tune skipped: no Ray at {args.ray_python} (see bench/README.md)")
         variants.remove("ray")
-    env = clean_env()
+    with ExitStack() as services:
+        env = clean_env()
+        if args.services == "running":
+            env["PREFECT_API_URL"] = services.enter_context(prefect_server())
+            if "ray" in variants:
+                env["RAY_ADDRESS"] = services.enter_context(
+                    ray_cluster(args.ray_python, args.concurrency))
+        report(sweeps(variants, args, env), args)
+
+
+def sweeps(variants: list[str], args: argparse.Namespace, env: dict[str, str]
+           ) -> dict[str, list[dict[str, Any]]]:
     run_process([sys.executable, __file__, "--measure", "tune-fifo", "--seed", "0",
                  "--loop", "0"], env)  # creates the Prefect database
+
     def argv_of(variant: str) -> list[str]:
         if variant == "ray":
             return [args.ray_python, os.path.join(HERE, "ray_asha.py")]
         return [sys.executable, __file__, "--measure", variant]
 
-    samples = run_seeds(args.seeds, variants, argv_of,
-                        ["--concurrency", str(args.concurrency), "--loop", str(args.loop)], env)
-    report(samples, args)
+    return run_seeds(args.seeds, variants, argv_of,
+                     ["--concurrency", str(args.concurrency), "--loop", str(args.loop)], env)
 
 
 def report(samples: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
     markdown = (
         f"ASHA time to target: 81 Hartmann-6 configs, max_t {MAX_T}, grace 1, reduction "
-        f"factor 3, {args.concurrency} at a time, a {args.loop}-step CPU loop per step; "
+        f"factor 3, {args.concurrency} at a time, a {args.loop}-step CPU loop per step, "
+        f"services {args.services}; "
         f"medians over seeds {args.seeds}.\n\n" + target_table(samples)
     )
     write_outputs(args.out, "asha", {"runs": samples}, markdown)

@@ -134,6 +134,21 @@ def prefect_server() -> Iterator[str]:
         log.close()
 
 
+@contextmanager
+def ray_cluster(ray_python: str, cpus: int) -> Iterator[str]:
+    """A local Ray cluster (`ray start --head`) from Ray's environment; yields its
+    address, for `RAY_ADDRESS`."""
+    ray = os.path.join(os.path.dirname(ray_python), "ray")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([ray, "start", "--head", f"--num-cpus={cpus}", "--include-dashboard=false",
+                    "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+                   env=env, check=True, capture_output=True)
+    try:
+        yield "127.0.0.1:6379"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, check=True, capture_output=True)
+
+
 def machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "cpus": os.cpu_count(),
             "platform": platform.platform(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -33,7 +33,9 @@ def main() -> None:
 
     begin = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-ray-asha-") as root:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # RAY_ADDRESS set: join that running cluster; else start one, as Ray does
+        ray.init(log_to_driver=False, **({} if "RAY_ADDRESS" in os.environ
+                                         else {"include_dashboard": False}))
         grid = tune.Tuner(
             train, param_space={"i": tune.grid_search(list(range(len(points))))},
             tune_config=tune.TuneConfig(

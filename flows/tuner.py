@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
@@ -22,6 +23,7 @@ from prefect_tune.flows.plan import (
     continued_settings,
     resolve_run_storage,
 )
+from prefect_tune.flows.resources import on_dask
 from prefect_tune.flows.results import ResultGrid
 from prefect_tune.flows.schedulers import check_scheduler
 from prefect_tune.flows.search_space import space_from_json, space_to_json, validate_space
@@ -36,6 +38,7 @@ from prefect_tune.storage import (
 from prefect_tune.storage.config import StopCondition
 from prefect_tune.storage.layout import default_experiment_name
 from prefect_tune.storage.state import ExperimentRecord
+from prefect_tune.tasks.forkserver import prestarted
 from prefect_tune.tasks.trainable import is_class_trainable
 
 
@@ -103,7 +106,11 @@ class Tuner:
             ConfigError: RunConfig(name=...) names an experiment that already exists
                 (continue it with `Tuner.restore`).
         """
-        state = tune_flow(self.plan())(return_state=True)
+        tune = self.tune_config
+        # the trials' warm worker loads while Prefect starts the flow run
+        with prestarted() if tune.isolation == "process" and not on_dask(tune.task_runner) \
+                else nullcontext():
+            state = tune_flow(self.plan())(return_state=True)
         result = state.result(raise_on_failure=False)
         if isinstance(result, BaseException):
             raise result

@@ -36,7 +36,8 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from types import TracebackType
 from typing import IO, Any, NoReturn, Self
@@ -133,24 +134,29 @@ class ForkedProcess:
 class WarmWorker:
     """The parent's handle on one warm worker process."""
 
-    def __init__(self, trainable: bytes) -> None:
-        """Start a worker that loads the pickled `trainable`; `cold` holds the reason
-        if it cannot fork trials (it has then exited)."""
+    def __init__(self) -> None:
+        """Start a worker: it imports Python's and prefect_tune's modules, then waits for
+        `load`."""
         self._control, remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self.process, messages, _ = spawn(
+            self.process, self._messages, _ = spawn(
                 "prefect_tune.tasks.forkserver", _LOG, pass_fds=(remote.fileno(),))
         finally:
             remote.close()
+        self.cold: str | None = None
+
+    def load(self, trainable: bytes) -> None:
+        """Have the worker load the pickled `trainable`; `cold` then holds the reason if
+        it cannot fork trials (it has then exited)."""
         try:
             send(self.process.stdin, frame(trainable))
-            answer = read_frame(messages)
+            answer = read_frame(self._messages)
         except (EOFError, OSError):
             died = describe_exit(self.process.wait())
             answer = ("cold", f"the warm worker died while loading the trainable ({died})")
         finally:
-            os.close(messages)
-        self.cold: str | None = None if answer[0] == "ready" else answer[1]
+            os.close(self._messages)
+        self.cold = None if answer[0] == "ready" else answer[1]
         if self.cold:
             self.close()
 
@@ -196,6 +202,8 @@ class WarmWorker:
     def close(self) -> None:
         """Let the worker exit and reap it (children it forked run on)."""
         self._control.close()
+        if self.process.stdin:
+            self.process.stdin.close()  # a worker still waiting for `load` exits
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
@@ -204,7 +212,31 @@ class WarmWorker:
 
 
 _WORKERS: dict[str, WarmWorker] = {}
+_SPARE: list[WarmWorker] = []  # started by `prestarted`, taken by the next sweep
 _REGISTRY = threading.Lock()
+
+
+@contextmanager
+def prestarted() -> Iterator[None]:
+    """Start a warm worker's interpreter now, for the sweep run inside to take: its
+    imports then overlap the sweep's own start (Prefect's API, the flow run) instead of
+    delaying the first trials. A worker no sweep took is closed on the way out. Does
+    nothing where trials cannot be forked."""
+    if sys.platform != "linux":
+        yield
+        return
+    with _REGISTRY:
+        spare = WarmWorker()
+        _SPARE.append(spare)
+    try:
+        yield
+    finally:
+        with _REGISTRY:
+            untaken = spare in _SPARE
+            if untaken:
+                _SPARE.remove(spare)
+        if untaken:
+            spare.close()
 
 
 def warm_worker(plan: TrialPlan, logger: Logger) -> WarmWorker | None:
@@ -227,7 +259,12 @@ def warm_worker(plan: TrialPlan, logger: Logger) -> WarmWorker | None:
         # What a trial's process unpickles, but the storage: opening it can start threads
         warming = (replace(plan, store=None),  # type: ignore[arg-type]
                    type(plan.store.storage.fs).__module__)
-        worker = _WORKERS[sweep] = WarmWorker(cloudpickle.dumps(warming))
+        spare = _SPARE.pop() if _SPARE else None
+        if spare is not None and spare.process.poll() is not None:
+            spare.close()
+            spare = None
+        worker = _WORKERS[sweep] = spare or WarmWorker()
+        worker.load(cloudpickle.dumps(warming))
         if worker.cold:
             logger.warning("trials start in fresh processes: %s", worker.cold)
             return None
@@ -248,7 +285,10 @@ def main() -> int:
     """The warm worker: load the trainable, answer, then fork children on request."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C ends its parent, and so it
     take_path()
-    data = read_frame(0)
+    try:
+        data = read_frame(0)
+    except EOFError:
+        return 0  # closed before a sweep took it
     out, control = int(sys.argv[1]), socket.socket(fileno=int(sys.argv[2]))
     cold = _load(data)
     write_frame(out, frame(("cold", cold) if cold else ("ready",)))

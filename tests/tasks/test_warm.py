@@ -28,10 +28,12 @@ from prefect_tune.flows import (
     TuneConfig,
     Tuner,
     grid_search,
+    tuner,
     with_parameters,
 )
 from prefect_tune.flows.results import ResultGrid
-from prefect_tune.storage import FailureConfig, RunConfig, ScalingConfig, TrialStatus
+from prefect_tune.storage import ConfigError, FailureConfig, RunConfig, ScalingConfig, TrialStatus
+from prefect_tune.tasks import forkserver
 
 from .. import threaded_trainable, warm_stop, warm_trainable
 from ..conftest import wait_for
@@ -119,6 +121,51 @@ def test_twenty_trials_fork_from_one_warm_worker_and_log_their_start(
     for trial_lines in lines.values():
         ((attempt, _, how),) = trial_lines
         assert (attempt, how) == (1, "forked from the sweep's warm worker")
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[forkserver.WarmWorker]:
+    """Every warm worker started from now on."""
+    workers: list[forkserver.WarmWorker] = []
+    spawn = forkserver.WarmWorker.__init__
+
+    def recording(worker: forkserver.WarmWorker) -> None:
+        spawn(worker)
+        workers.append(worker)
+
+    monkeypatch.setattr(forkserver.WarmWorker, "__init__", recording)
+    return workers
+
+
+def test_fit_starts_the_warm_worker_before_the_flow_run_and_the_sweep_takes_it(
+    tmp_path: Path, imports: Path, started: list[forkserver.WarmWorker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`Tuner.fit()` starts the warm worker's interpreter before Prefect starts the flow
+    run: the trials fork from that very process, which is gone after the sweep."""
+    def flow_starts(*args: Any, **kwargs: Any) -> Any:
+        assert [w.process.pid for w in forkserver._SPARE] == [started[0].process.pid]
+        return begin(*args, **kwargs)
+
+    begin = tuner.tune_flow
+    monkeypatch.setattr(tuner, "tune_flow", flow_starts)
+    grid = sweep(warm_trainable.quick, tmp_path, "warm-early", 3)
+
+    (worker,) = started
+    assert {r.metrics["ppid"] for r in grid} == {worker.process.pid}
+    assert imported_by(imports) == [worker.process.pid]
+    assert worker.process.returncode == 0 and forkserver._SPARE == []
+
+
+def test_a_worker_started_for_a_sweep_that_fails_early_is_closed(
+    tmp_path: Path, started: list[forkserver.WarmWorker]
+) -> None:
+    sweep(warm_trainable.quick, tmp_path, "warm-twice", 1)
+    with pytest.raises(ConfigError, match="already exists"):
+        sweep(warm_trainable.quick, tmp_path, "warm-twice", 1)
+
+    assert len(started) == 2 and forkserver._SPARE == []
+    assert [w.process.returncode for w in started] == [0, 0]
 
 
 def test_what_only_the_plan_refers_to_is_imported_once_too(
