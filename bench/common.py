@@ -137,14 +137,15 @@ def prefect_server() -> Iterator[str]:
 @contextmanager
 def ray_cluster(ray_python: str, cpus: int) -> Iterator[str]:
     """A local Ray cluster (`ray start --head`) from Ray's environment; yields its
-    address, for `RAY_ADDRESS`."""
+    address for `RAY_ADDRESS` ("auto": Ray binds its head to the host's address, whatever
+    `--node-ip-address` says, and `auto` finds it)."""
     ray = os.path.join(os.path.dirname(ray_python), "ray")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     subprocess.run([ray, "start", "--head", f"--num-cpus={cpus}", "--include-dashboard=false",
-                    "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+                    "--disable-usage-stats"],
                    env=env, check=True, capture_output=True)
     try:
-        yield "127.0.0.1:6379"
+        yield "auto"
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, check=True, capture_output=True)
 

@@ -24,6 +24,7 @@ FULL = {
     "startup": [],
     "asha": [],
     "pbt": [],
+    "search": [],
     "pause": [],
 }
 QUICK = {
@@ -36,6 +37,7 @@ QUICK = {
     "startup": ["--runs", "1", "--trials", "4"],
     "asha": ["--seeds", "1", "--variants", "tune", "tune-fifo", "--loop", "0"],
     "pbt": ["--seeds", "1", "--variants", "tune", "--loop", "0"],
+    "search": ["--seeds", "1", "--trials", "12", "--variants", "optuna", "tune"],
     "pause": ["--runs", "1"],
 }
 

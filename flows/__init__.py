@@ -10,18 +10,30 @@ from prefect_tune.flows.schedulers import (
     MedianStoppingRule,
     PopulationBasedTraining,
 )
+from prefect_tune.flows.search import (
+    BasicVariantGenerator,
+    ConcurrencyLimiter,
+    OptunaSearch,
+    Repeater,
+    Searcher,
+)
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
 from prefect_tune.flows.trainer import Trainer
 from prefect_tune.flows.tuner import Tuner
 
 __all__ = [
     "ASHAScheduler",
+    "BasicVariantGenerator",
+    "ConcurrencyLimiter",
     "FIFOScheduler",
     "HyperBandScheduler",
     "MedianStoppingRule",
+    "OptunaSearch",
     "PopulationBasedTraining",
+    "Repeater",
     "Result",
     "ResultGrid",
+    "Searcher",
     "Trainer",
     "TuneConfig",
     "Tuner",

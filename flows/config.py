@@ -17,6 +17,7 @@ from prefect_tune.flows.schedulers import (
     Scheduler,
     scheduler_from_json,
 )
+from prefect_tune.flows.search import BasicVariantGenerator, Searcher, searcher_from_json
 from prefect_tune.storage import ConfigError
 from prefect_tune.tasks.plan import Resources
 
@@ -31,7 +32,10 @@ class TuneConfig:
     Args:
         metric: Metric that ranks trials ("a/b" for nested); needs `mode`.
         mode: "min" or "max"; needs `metric`.
-        num_samples: How often the search space is sampled; repeats the whole grid.
+        num_samples: The trial budget: for the default BasicVariantGenerator, how often
+            the search space is sampled (repeating the whole grid); for any other
+            searcher, the number of trials. -1: until the searcher says it is finished
+            or `time_budget_s` runs out.
         max_concurrent_trials: Trials running at once; default: the CPU count.
         seed: Makes sampling reproducible.
         isolation: How each trial attempt runs: "process" (default) in a process of its
@@ -53,6 +57,12 @@ class TuneConfig:
         scheduler: Stops trials that are doing badly (`prefect_tune.flows.schedulers`:
             ASHAScheduler, MedianStoppingRule); default: FIFOScheduler, every trial runs
             to its end. Stored with the experiment, so a restore goes on with it.
+        search_alg: Where each new trial's config comes from (`prefect_tune.flows.search`:
+            OptunaSearch, ConcurrencyLimiter, Repeater, or your own `Searcher`); default:
+            BasicVariantGenerator, grid and random sampling. Stored with the experiment
+            (a custom searcher by name only: pass it again to `Tuner.restore`).
+        time_budget_s: After this many seconds of the run no new trial starts, and those
+            running end STOPPED (a restore resumes them).
         task_runner: The Prefect task runner the trials run on; default: a thread pool
             of `max_concurrent_trials` in the flow's process. For trials on several
             machines use prefect-dask's `DaskTaskRunner(address="tcp://scheduler:8786")`
@@ -69,15 +79,24 @@ class TuneConfig:
     tag_trials: bool = True
     resources_per_trial: Mapping[str, float] | None = None
     scheduler: Scheduler | None = None
+    search_alg: Searcher | None = field(default=None, compare=False)
+    time_budget_s: float | None = None
     task_runner: TaskRunner[Any] | None = field(default=None, compare=False)
 
     def stored(self) -> dict[str, Any]:
         """The settings experiment.json keeps: all but the task runner."""
         stored = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in ("task_runner", "scheduler")}
+                  if f.name not in ("task_runner", "scheduler", "search_alg")}
         if self.scheduler is not None:
             stored["scheduler"] = self.scheduler.to_json()
+        if self.search_alg is not None:
+            stored["search_alg"] = self.search_alg.to_json()
         return stored
+
+    def searcher(self) -> Searcher:
+        """The searcher the sweep asks: search_alg, or a BasicVariantGenerator seeded
+        with the experiment's seed."""
+        return self.search_alg if self.search_alg is not None else BasicVariantGenerator()
 
     def bound_scheduler(self) -> Scheduler | None:
         """The scheduler with TuneConfig's metric and mode where it has none; None for
@@ -99,10 +118,24 @@ class TuneConfig:
             ("num_samples", self.num_samples, 1),
             ("max_concurrent_trials", self.max_concurrent_trials, 1),
         ):
-            if value is None and name == "max_concurrent_trials":
+            if value is None and name == "max_concurrent_trials" or value == -1 and \
+                    name == "num_samples":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{name}={value!r} is invalid: use an integer >= {minimum}")
+                raise ConfigError(f"{name}={value!r} is invalid: use an integer >= {minimum}"
+                                  + (" (or -1: no limit)" if name == "num_samples" else ""))
+        budget = self.time_budget_s
+        if budget is not None and (isinstance(budget, bool) or not isinstance(
+                budget, int | float) or not budget > 0):
+            raise ConfigError(f"time_budget_s={budget!r} is invalid: use a number of "
+                              "seconds > 0, or None")
+        if isinstance(self.search_alg, Mapping):  # as experiment.json keeps it
+            object.__setattr__(self, "search_alg", searcher_from_json(self.search_alg))
+        if self.search_alg is not None and not isinstance(self.search_alg, Searcher):
+            raise ConfigError(
+                f"search_alg={self.search_alg!r} is not a searcher; use one of "
+                "prefect_tune.flows.search (OptunaSearch, BasicVariantGenerator, "
+                "ConcurrencyLimiter, Repeater) or a subclass of Searcher")
         if self.isolation not in ("process", "spawn", "thread"):
             raise ConfigError(
                 f'isolation={self.isolation!r} is invalid: use "process", "spawn" or "thread"'

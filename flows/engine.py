@@ -25,6 +25,7 @@ from prefect_tune.flows.pausing import Planner, planner_for
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
 from prefect_tune.flows.resources import dask_resources, on_dask
 from prefect_tune.flows.results import Result, ResultGrid, metric_column
+from prefect_tune.flows.suggest import Suggestions, replay
 from prefect_tune.storage import (
     ConfigError,
     ExperimentBusy,
@@ -36,7 +37,7 @@ from prefect_tune.storage import (
     TrialStopped,
     TuneStorage,
 )
-from prefect_tune.storage.layout import PREFECT_RESULTS
+from prefect_tune.storage.layout import PREFECT_RESULTS, new_trial_prefix
 from prefect_tune.storage.scratch import clean_scratch
 from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks import bookkeeping
@@ -103,14 +104,16 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     logger = get_run_logger()
     run, tune = plan.run_config, plan.tune_config
     record, resume = _open(plan, store)
-    trials = plan_trials(
-        record.trials,
-        store.read_outcomes(record.trials, plan.ranking, run.checkpoint_config.num_to_keep)
-        if resume else [],
-        resume,
-    )
+    stored = store.read_outcomes(record.trials, plan.ranking,
+                                 run.checkpoint_config.num_to_keep) if resume else []
+    trials = plan_trials(record.trials, stored, resume)
     for outcome in trials.stopped:
         store.write_trial_state(outcome)
+    source = _suggestions(plan, record, store)
+    if resume:
+        replay(source.searcher, record.trials,
+               dict(zip([s.trial_id for s in record.trials], stored, strict=True)),
+               {w.spec.trial_id for w in trials.work})
     scheduler = tune.bound_scheduler()
     max_failures = run.failure_config.max_failures
     trial_plan = TrialPlan(
@@ -122,12 +125,15 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         scheduler=cast(SchedulerRule | None, scheduler),
     )
     planner = planner_for(scheduler, trials.work, store,
-                          [spec.trial_id for spec in record.trials], trials.kept)
+                          [spec.trial_id for spec in record.trials], source, trials.kept)
+    budget = "no limit" if source.budget is None else f"{source.budget}"
     logger.info(
-        "sweep %s: %d trials (%d to run), %d at a time, storage %s",
-        plan.name, len(record.trials), len(trials.work), plan.concurrency, store.path,
+        "sweep %s: %d trials so far (%d to run), budget %s, %s, %d at a time, storage %s",
+        plan.name, len(record.trials), len(trials.work), budget,
+        type(source.searcher).__name__, plan.concurrency, store.path,
     )
-    progress = bookkeeping.Progress(plan.name, len(record.trials))
+    progress = bookkeeping.Progress(plan.name, source.budget or len(record.trials))
+    deadline = _deadline(tune.time_budget_s, stop)
     trial_task = run_trial.with_options(retries=UNLIMITED if max_failures < 0 else max_failures)
     # Trial outcomes persist beside the experiment, so a retried flow run finds them
     # wherever it runs. Task() insists on a saved block (for readers other than the task);
@@ -136,20 +142,29 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         store.storage, store.layout.join(PREFECT_RESULTS)
     )
     outcomes = {o.trial_id: o for o in trials.kept + trials.stopped}
+    failed_fast = False
     try:
-        for outcome in _run_window(plan, trial_task, trial_plan, planner):
+        for outcome in _run_window(plan, trial_task, trial_plan, planner, source):
             outcomes[outcome.trial_id] = outcome
+            source.ended(outcome)
             progress.advance(len(outcomes))
             if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
                     and not stop.is_set():
                 logger.error("fail_fast: trial %s failed; stopping the sweep",
                              outcome.trial_name)
                 stop.set()
+                failed_fast = True
     finally:
+        if deadline is not None:
+            deadline.cancel()
         close_workers(trial_plan.sweep)  # those of other hosts (Dask) exit when idle
     if lost:
         raise lost[0]
-    grid = ResultGrid([Result(outcomes[spec.trial_id], store) for spec in record.trials],
+    if failed_fast:  # what grid search had yet to start ends STOPPED, never started
+        for item in source.rest():
+            outcomes[item.spec.trial_id] = _record(store, item, TrialStatus.STOPPED)
+    specs = (*record.trials, *source.added)
+    grid = ResultGrid([Result(outcomes[spec.trial_id], store) for spec in specs],
                       store.path, tune.metric, tune.mode, plan.ranking)
     frame = grid.get_dataframe()
     bookkeeping.write_results(store, frame)
@@ -195,14 +210,46 @@ def _tag_flow_run(experiment: str) -> None:
                                tags=[*context.flow_run.tags, experiment])
 
 
+def _suggestions(plan: SweepPlan, record: ExperimentRecord, store: ExperimentStore
+                 ) -> Suggestions:
+    """The sweep's source of new trials, its searcher set up for this experiment."""
+    tune = plan.tune_config
+    searcher = tune.searcher()
+    searcher.set_search_properties(tune.metric, tune.mode, plan.param_space, record.seed)
+    prefix = record.trial_prefix or (record.trials[0].trial_id.rpartition("_")[0]
+                                     if record.trials else new_trial_prefix())
+    return Suggestions(searcher, store, plan.trainable_name, prefix, len(record.trials),
+                       searcher.budget(tune.num_samples))
+
+
+def _deadline(seconds: float | None, stop: threading.Event) -> threading.Timer | None:
+    """A timer that stops the sweep after `seconds` (TuneConfig.time_budget_s)."""
+    if seconds is None:
+        return None
+    logger = get_run_logger()
+
+    def expire() -> None:
+        logger.warning("time_budget_s=%g has run out: no new trial starts, the running "
+                       "ones stop", seconds)
+        stop.set()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _run_window(
-    plan: SweepPlan, trial_task: Any, trial_plan: TrialPlan, planner: Planner
+    plan: SweepPlan, trial_task: Any, trial_plan: TrialPlan, planner: Planner,
+    source: Suggestions,
 ) -> Iterator[TrialOutcome]:
     """Submit what `planner` chooses, at most `plan.concurrency` at a time, and yield
     each outcome as its trial (or segment) ends, and those of the trials the planner
     ends (a trial is submitted only when a slot frees up, so the UI shows running
-    trials, not thousands of pending ones). Once the sweep stops (fail_fast), the trials
-    not yet started are recorded STOPPED without starting."""
+    trials, not thousands of pending ones). When nothing runs and nothing starts, the
+    search is over (`source.close()`) and the planner ends what it holds. Once the
+    sweep stops (fail_fast, the time budget), the trials not yet started are recorded
+    STOPPED without starting."""
     finished: queue.SimpleQueue[PrefectFuture[Any]] = queue.SimpleQueue()
     running: dict[PrefectFuture[Any], TrialWork] = {}
     store, stop = trial_plan.store, trial_plan.stop
@@ -220,15 +267,23 @@ def _run_window(
 
     yield from (_store(store, ended) for ended in planner.restored())
     fill()
-    while running:
+    while running or not stop.is_set():
+        if not running:  # nothing runs and nothing could start
+            if not source.exhausted:
+                source.close()
+                fill()
+                continue
+            yield from (_store(store, ended) for ended in planner.finish())
+            fill()
+            if not running:
+                break
+            continue
         future = finished.get()
         item = running.pop(future)
         outcome = _outcome(future, item, store)
         yield outcome
         yield from (_store(store, ended) for ended in planner.ended(outcome))
         fill()
-        if not running and not stop.is_set():
-            yield from (_store(store, ended) for ended in planner.finish())
     for item in planner.unstarted():  # the sweep stopped (fail_fast): these never start
         yield _record(store, item, TrialStatus.STOPPED)
 

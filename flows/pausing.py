@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -43,6 +43,17 @@ from prefect_tune.tasks.trial import TrialWork
 UNTIL, SEGMENT = "until", "segment"
 
 
+class Source(Protocol):
+    """Where new trials come from (`prefect_tune.flows.suggest.Suggestions`)."""
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether no trial will come any more."""
+
+    def next(self) -> TrialWork | None:
+        """A new trial; None: none now."""
+
+
 class Planner(Protocol):
     def next(self) -> TrialWork | None:
         """The segment to run in a free slot; None: nothing now."""
@@ -64,13 +75,13 @@ class Planner(Protocol):
 
 
 class Queue:
-    """Every trial to its end, in order."""
+    """Every trial to its end, in order: those to resume, then new ones."""
 
-    def __init__(self, work: Iterable[TrialWork]) -> None:
-        self._work = deque(work)
+    def __init__(self, work: Iterable[TrialWork], source: Source) -> None:
+        self._work, self._source = deque(work), source
 
     def next(self) -> TrialWork | None:
-        return self._work.popleft() if self._work else None
+        return self._work.popleft() if self._work else self._source.next()
 
     def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
         return []
@@ -86,18 +97,18 @@ class Queue:
 
 
 def planner_for(scheduler: Scheduler | None, work: Sequence[TrialWork],
-                store: ExperimentStore, trials: Sequence[str],
+                store: ExperimentStore, trials: Sequence[str], source: Source,
                 kept: Sequence[TrialOutcome] = ()) -> Planner:
     """The planner `scheduler` (bound to its metric and mode) needs for `work`, out of
-    all the experiment's `trials` (ids, in the order they were sampled), of which those
-    that ended in an earlier run are `kept`."""
+    the experiment's `trials` so far (ids, in the order they were added), of which those
+    that ended in an earlier run are `kept`; new trials come from `source`."""
     if isinstance(scheduler, ASHAScheduler) and scheduler.promotion:
-        return Promotion(scheduler, work, store.board, trials)
+        return Promotion(scheduler, work, store.board, trials, source)
     if isinstance(scheduler, HyperBandScheduler):
-        return Bracketed(scheduler, work, store.board, trials)
+        return Bracketed(scheduler, work, store.board, trials, source)
     if isinstance(scheduler, PopulationBasedTraining):
-        return Population(scheduler, work, store, trials, kept)
-    return Queue(work)
+        return Population(scheduler, work, store, trials, source, kept)
+    return Queue(work, source)
 
 
 class _Segments:
@@ -105,8 +116,9 @@ class _Segments:
     run, and the journal of decisions on the board."""
 
     def __init__(self, scheduler: ASHAScheduler | HyperBandScheduler | PopulationBasedTraining,
-                 work: Sequence[TrialWork], board: Board, trials: Sequence[str]) -> None:
-        self.scheduler, self.board = scheduler, board
+                 work: Sequence[TrialWork], board: Board, trials: Sequence[str],
+                 source: Source) -> None:
+        self.scheduler, self.board, self.source = scheduler, board, source
         self.order = {t: i for i, t in enumerate(trials)}
         self.work = {w.spec.trial_id: replace(w, restart=False) for w in work}
         self.paused: dict[str, TrialOutcome] = {}
@@ -123,6 +135,22 @@ class _Segments:
                 self.queued.append(self._segment(item, until[trial] or None))
             else:
                 self.new.append(item)
+
+    @property
+    def more(self) -> bool:
+        """Whether a trial is left to start (one may come from the source)."""
+        return bool(self.new) or not self.source.exhausted
+
+    def take_new(self) -> TrialWork | None:
+        """The next trial to start: left from an earlier run, else a new one."""
+        if self.new:
+            return self.new.popleft()
+        item = self.source.next()
+        if item is not None:
+            trial = item.spec.trial_id
+            self.order[trial] = len(self.order)
+            self.work[trial] = item
+        return item
 
     def _decided(self, paused: TrialOutcome, until: float | None) -> bool:
         """Whether a resume of `paused` was decided (its next milestone recorded)."""
@@ -178,8 +206,8 @@ class Promotion(_Segments):
     scheduler: ASHAScheduler
 
     def __init__(self, scheduler: ASHAScheduler, work: Sequence[TrialWork],
-                 board: Board, trials: Sequence[str]) -> None:
-        super().__init__(scheduler, work, board, trials)
+                 board: Board, trials: Sequence[str], source: Source) -> None:
+        super().__init__(scheduler, work, board, trials, source)
         #: Each (bracket, rung)'s values: of the trials paused there and of those promoted.
         self.reached = {(b, k): board.values(self._key(b, k))
                         for b in range(scheduler.brackets)
@@ -207,18 +235,18 @@ class Promotion(_Segments):
             return self.queued.popleft()
         for (bracket, rung), values in sorted(self.reached.items(), key=lambda kv: -kv[0][1]):
             count = int(len(values) // self.scheduler.reduction_factor)
-            if not self.new:  # nothing left to start: each rung promotes its best at least
+            if not self.more:  # nothing left to start: each rung promotes its best at least
                 count = max(count, 1)
             top = self.rank(values, values)[:count]
             for trial in top:
                 if trial in self.paused and self._rung(trial) == (bracket, rung):
                     rungs = self.scheduler.rungs(bracket)
                     return self.resume(trial, rungs[rung + 1] if rung + 1 < len(rungs) else None)
-        if self.new:
-            item = self.new.popleft()
-            return self.start(item, self.scheduler.rungs(self.scheduler.bracket(
-                item.spec.trial_id))[0])
-        return None
+        item = self.take_new()
+        if item is None:
+            return None
+        return self.start(item, self.scheduler.rungs(self.scheduler.bracket(
+            item.spec.trial_id))[0])
 
     def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
         if outcome.status is TrialStatus.PAUSED:
@@ -247,9 +275,10 @@ class Bracketed(_Segments):
     scheduler: HyperBandScheduler
 
     def __init__(self, scheduler: HyperBandScheduler, work: Sequence[TrialWork],
-                 board: Board, trials: Sequence[str]) -> None:
-        super().__init__(scheduler, work, board, trials)
+                 board: Board, trials: Sequence[str], source: Source) -> None:
+        super().__init__(scheduler, work, board, trials, source)
         self.bracket = scheduler.assign(trials)
+        self.members = Counter(self.bracket.values())
         #: Trials to run or resume: neither ended, nor past their last milestone.
         self.live = {t for t, w in self.work.items()
                      if w.prior is None or w.prior.status is not TrialStatus.TERMINATED}
@@ -263,11 +292,16 @@ class Bracketed(_Segments):
     def next(self) -> TrialWork | None:
         if self.queued:
             return self.queued.popleft()
-        if self.new:
-            item = self.new.popleft()
-            milestones = self.scheduler.milestones(self.bracket[item.spec.trial_id])
-            return self.start(item, milestones[0] if milestones else None)
-        return None
+        item = self.take_new()
+        if item is None:
+            return None
+        trial = item.spec.trial_id
+        if trial not in self.bracket:
+            self.bracket[trial] = self.scheduler.bracket_at(len(self.bracket))
+            self.members[self.bracket[trial]] += 1
+            self.live.add(trial)
+        milestones = self.scheduler.milestones(self.bracket[trial])
+        return self.start(item, milestones[0] if milestones else None)
 
     def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
         if outcome.status is TrialStatus.PAUSED:
@@ -277,10 +311,12 @@ class Bracketed(_Segments):
         return self._settle(self.bracket[outcome.trial_id])
 
     def _settle(self, bracket: int) -> list[TrialOutcome]:
-        """Once every live trial of `bracket` paused at its milestone, queue the best to
-        resume and end the rest; returns those it ended."""
+        """Once `bracket` has all its trials (or no more will come) and every live one
+        paused at its milestone, queue the best to resume and end the rest; returns those
+        it ended."""
         members = [t for t in self.live if self.bracket[t] == bracket]
-        if not members or any(t not in self.paused for t in members):
+        full = self.members[bracket] >= self.scheduler.bracket_size(bracket) or not self.more
+        if not full or not members or any(t not in self.paused for t in members):
             return []
         values = {t: self.point(self.paused[t])[1] for t in members}
         time = max(self.point(self.paused[t])[0] for t in members)
@@ -298,6 +334,12 @@ class Bracketed(_Segments):
         return ended
 
     def finish(self) -> list[TrialOutcome]:
+        """Settle the brackets no trial will join any more; once none is left to settle,
+        end the paused trials."""
+        ended = [e for b in sorted({self.bracket[t] for t in self.paused})
+                 for e in self._settle(b)]
+        if ended or self.queued:
+            return ended
         return [self.end(t, "its HyperBand bracket ended") for t in list(self.paused)]
 
 
@@ -312,10 +354,10 @@ class Population(_Segments):
     scheduler: PopulationBasedTraining
 
     def __init__(self, scheduler: PopulationBasedTraining, work: Sequence[TrialWork],
-                 store: ExperimentStore, trials: Sequence[str],
+                 store: ExperimentStore, trials: Sequence[str], source: Source,
                  kept: Sequence[TrialOutcome]) -> None:
         work = [_current(store, item) for item in work]
-        super().__init__(scheduler, work, store.board, trials)
+        super().__init__(scheduler, work, store.board, trials, source)
         self.store = store
         #: Each trial's latest outcome with a score: the population, and the donors.
         self.latest: dict[str, TrialOutcome] = {
@@ -327,9 +369,8 @@ class Population(_Segments):
     def next(self) -> TrialWork | None:
         if self.queued:
             return self.queued.popleft()
-        if self.new:
-            return self.start(self.new.popleft(), self.scheduler.next_point(0))
-        return None
+        item = self.take_new()
+        return None if item is None else self.start(item, self.scheduler.next_point(0))
 
     def ended(self, outcome: TrialOutcome) -> list[TrialOutcome]:
         if _scored(outcome, self.scheduler):

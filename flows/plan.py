@@ -22,7 +22,8 @@ from prefect_tune.flows.resources import (
     on_dask,
     resources_of,
 )
-from prefect_tune.flows.search_space import generate_configs, space_to_json
+from prefect_tune.flows.search import Searcher, searcher_from_json
+from prefect_tune.flows.search_space import space_to_json
 from prefect_tune.storage import (
     CheckpointConfig,
     ConfigError,
@@ -38,7 +39,7 @@ from prefect_tune.storage import (
     storage_from_block,
 )
 from prefect_tune.storage.config import DEFAULT_STORAGE_PATH, StopCondition
-from prefect_tune.storage.layout import new_trial_prefix, trial_id, trial_name
+from prefect_tune.storage.layout import new_trial_prefix
 from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks.devices import visible_gpus
 from prefect_tune.tasks.plan import Resources
@@ -162,20 +163,15 @@ def plan_trials(specs: Sequence[TrialSpec], stored: Sequence[TrialOutcome | None
 
 
 def new_record(plan: SweepPlan, flow_run_id: str | None) -> ExperimentRecord:
-    """The state of a new experiment: sampled configs under fresh, id-based names."""
+    """The state of a new experiment: its settings, seed and trial id prefix; its trials
+    are added as the search suggests them."""
     tune = plan.tune_config
     seed = tune.seed if tune.seed is not None else random.SystemRandom().randrange(2**32)
-    configs = generate_configs(plan.param_space, tune.num_samples, random.Random(seed))
-    prefix = new_trial_prefix()
-    ids = [trial_id(prefix, i) for i in range(len(configs))]
     return ExperimentRecord(
         trainable=plan.trainable_name,
         seed=seed,
         param_space=space_to_json(plan.param_space),
-        trials=tuple(
-            TrialSpec(tid, trial_name(plan.trainable_name, tid), config)
-            for tid, config in zip(ids, configs, strict=True)
-        ),
+        trials=(),
         tune=tune.stored(),
         run={
             "checkpoint_config": asdict(plan.run_config.checkpoint_config),
@@ -183,6 +179,7 @@ def new_record(plan: SweepPlan, flow_run_id: str | None) -> ExperimentRecord:
             "stop": stop_to_json(plan.run_config.stop),
             "flow_run_id": flow_run_id,
         },
+        trial_prefix=new_trial_prefix(),
     )
 
 
@@ -194,15 +191,24 @@ def stop_to_json(stop: StopCondition) -> dict[str, Any] | None:
     return {"function": getattr(stop, "__qualname__", repr(stop))}
 
 
-def stored_configs(record: ExperimentRecord) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
-    """The settings a stored experiment was created with.
+def stored_configs(record: ExperimentRecord, search_alg: Searcher | None = None, *,
+                   search: bool = False) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
+    """The settings a stored experiment was created with; with `search`, its searcher
+    too (`search_alg` if given: a custom searcher is stored by name only), else none.
 
     Raises:
         StorageError: a setting this version does not know or accept, naming the file.
+        ConfigError: `search` for an experiment with a custom searcher, and no
+            `search_alg`.
     """
+    tune = dict(record.tune)
+    stored = tune.pop("search_alg", None)
+    if search and (search_alg is not None or stored is not None):
+        tune["search_alg"] = search_alg if search_alg is not None else \
+            searcher_from_json(stored)
     try:
         return (
-            TuneConfig(**record.tune),
+            TuneConfig(**tune),
             CheckpointConfig(**record.run["checkpoint_config"]),
             FailureConfig(**record.run["failure_config"]),
         )
@@ -220,7 +226,7 @@ def stored_ranking(record: ExperimentRecord) -> Ranking:
 
 def continued_settings(
     record: ExperimentRecord, trainable_name: str, run_config: RunConfig,
-    task_runner: Any = None,
+    task_runner: Any = None, search_alg: Searcher | None = None,
 ) -> tuple[TuneConfig, RunConfig]:
     """The settings that continue `record`: its own (search, sampling, checkpoints,
     failures, stop thresholds), with `run_config`'s name, storage and stop function and
@@ -235,7 +241,8 @@ def continued_settings(
             f"experiment {run_config.name!r} was created with trainable "
             f"{record.trainable!r}, not {trainable_name!r}; pass the same trainable"
         )
-    tune_config, checkpoint_config, failure_config = stored_configs(record)
+    tune_config, checkpoint_config, failure_config = stored_configs(record, search_alg,
+                                                                     search=True)
     stored_stop = record.run.get("stop") or {}
     stop = run_config.stop
     if "function" in stored_stop and not callable(stop):

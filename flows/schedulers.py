@@ -219,13 +219,22 @@ class HyperBandScheduler(_Scheduler):
 
     def assign(self, trials: Sequence[str]) -> dict[str, int]:
         """Each trial's bracket (numbered across bands), filling brackets in order."""
-        sizes, brackets, bracket, filled = self.band(), {}, 0, 0
-        for trial in trials:
-            if filled == sizes[bracket % len(sizes)]:
-                bracket, filled = bracket + 1, 0
-            brackets[trial] = bracket
-            filled += 1
-        return brackets
+        return {trial: self.bracket_at(i) for i, trial in enumerate(trials)}
+
+    def bracket_at(self, index: int) -> int:
+        """The bracket of the `index`-th trial: brackets fill in order, band by band."""
+        sizes = self.band()
+        full, rest = divmod(index, sum(sizes))
+        bracket = full * len(sizes)
+        for size in sizes:
+            if rest < size:
+                break
+            rest, bracket = rest - size, bracket + 1
+        return bracket
+
+    def bracket_size(self, bracket: int) -> int:
+        sizes = self.band()
+        return sizes[bracket % len(sizes)]
 
     def milestones(self, bracket: int) -> list[float]:
         """Where the trials of `bracket` pause (below max_t, where they end)."""

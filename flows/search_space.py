@@ -8,7 +8,6 @@ trial's config is stored in its params.json.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -178,17 +177,23 @@ def _resolve(
     return config
 
 
-def generate_configs(
-    space: Mapping[str, Any], num_samples: int, rng: random.Random
-) -> list[dict[str, Any]]:
-    """num_samples x (product of grid axes) configs, sample-major, in a stable order."""
+def grid_size(space: Mapping[str, Any]) -> int:
+    """The number of points of the space's grid (1 without grid axes)."""
+    return math.prod(len(_lookup(space, axis).values) for axis in _grid_axes(space))
+
+
+def config_at(space: Mapping[str, Any], index: int, seed: int) -> dict[str, Any]:
+    """The `index`-th config of the search: grid point `index` mod the grid's size (the
+    last axis varies fastest), its random domains drawn from a generator seeded by
+    `seed` and `index` alone, so any config is made without the ones before it."""
     axes = _grid_axes(space)
-    domains = [_lookup(space, axis).values for axis in axes]
-    configs = []
-    for _ in range(num_samples):
-        for combination in itertools.product(*domains):
-            configs.append(_resolve(space, dict(zip(axes, combination, strict=True)), rng))
-    return configs
+    point: dict[tuple[str, ...], Any] = {}
+    rest = index
+    for axis in reversed(axes):
+        values = _lookup(space, axis).values
+        rest, position = divmod(rest, len(values))
+        point[axis] = values[position]
+    return _resolve(space, point, random.Random(f"{seed}/{index}"))
 
 
 def _lookup(space: Mapping[str, Any], path: tuple[str, ...]) -> Any:

@@ -5,7 +5,8 @@ types and bounds are in its signature, so the server refuses a bad `--param` nam
 field.
 
     prefect deployment run 'sweep/on-demand' --param trainable=pkg.mod:train \\
-        --param 'param_space={"lr": {"loguniform": [1e-4, 0.1]}}' --param num_samples=8
+        --param 'param_space={"lr": {"loguniform": [1e-4, 0.1]}}' --param num_samples=8 \\
+        --param search_alg=optuna --param 'search_settings={"seed": 0}'
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import Field
 from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.engine import final_state, run_sweep
 from prefect_tune.flows.plan import Resume, resolve_run_storage
+from prefect_tune.flows.search import searcher_from_json
 from prefect_tune.flows.search_space import space_from_json
 from prefect_tune.flows.tuner import Tuner
 from prefect_tune.storage import (
@@ -38,6 +40,7 @@ TrainablePath = Annotated[str, Field(
     description='Import path of the trainable: "package.module:function"',
 )]
 Order = Literal["min", "max"]
+SearcherName = Literal["variants", "optuna"]
 
 
 def load_trainable(path: str) -> Callable[[dict[str, Any]], Any]:
@@ -80,7 +83,7 @@ def _run_name() -> str:
 def sweep(
     trainable: TrainablePath,
     param_space: dict[str, Any] | None = None,
-    num_samples: Annotated[int, Field(ge=1)] = 1,
+    num_samples: Annotated[int, Field(ge=1)] | Literal[-1] = 1,
     metric: str | None = None,
     mode: Order | None = None,
     max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None,
@@ -96,6 +99,9 @@ def sweep(
     stop: dict[str, float] | None = None,
     max_failures: Annotated[int, Field(ge=-1)] = 0,
     resume: bool = False,
+    search_alg: SearcherName = "variants",
+    search_settings: dict[str, Any] | None = None,
+    time_budget_s: Annotated[float, Field(gt=0)] | None = None,
 ) -> State[Any]:
     """Run a sweep of `trainable` over `param_space` (JSON: {"lr": {"loguniform": [1e-4,
     0.1]}, "layers": {"grid_search": [1, 2]}, "epochs": 3}).
@@ -106,7 +112,10 @@ def sweep(
     `max_concurrent_trials` at a time. Without `name`, the
     experiment is named after the deployment (or trainable) and the scheduled time. With
     `resume`, an existing experiment of that name is continued (its own settings win)
-    instead of refused.
+    instead of refused. `search_alg` picks the searcher ("variants": grid and random
+    sampling; "optuna": Optuna's TPE, with `search_settings` such as {"sampler":
+    "random", "seed": 0}); `num_samples` is its trial budget (-1: until
+    `time_budget_s` runs out).
 
     Returns:
         The experiment path, trial counts by status, and the best trial with its
@@ -131,7 +140,10 @@ def sweep(
         load_trainable(trainable),
         param_space=space_from_json(param_space or {}),
         tune_config=TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
-                               max_concurrent_trials=max_concurrent_trials, seed=seed),
+                               max_concurrent_trials=max_concurrent_trials, seed=seed,
+                               search_alg=searcher_from_json(
+                                   {**(search_settings or {}), "name": search_alg}),
+                               time_budget_s=time_budget_s),
         run_config=run_config,
     )
     storage = resolve_run_storage(run_config)

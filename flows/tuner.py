@@ -26,6 +26,7 @@ from prefect_tune.flows.plan import (
 from prefect_tune.flows.resources import on_dask
 from prefect_tune.flows.results import ResultGrid
 from prefect_tune.flows.schedulers import check_scheduler
+from prefect_tune.flows.search import Searcher, check_search
 from prefect_tune.flows.search_space import space_from_json, space_to_json, validate_space
 from prefect_tune.storage import (
     CheckpointConfig,
@@ -90,6 +91,8 @@ class Tuner:
         self.run_config = run_config
         check_trainable(trainable, run_config.checkpoint_config)
         check_scheduler(self.tune_config.scheduler, param_space, run_config.checkpoint_config)
+        check_search(self.tune_config.searcher(), param_space, self.tune_config.num_samples,
+                     self.tune_config.time_budget_s)
         self._stored: tuple[Storage, StoredExperiment] | None = None
 
     @property
@@ -137,7 +140,7 @@ class Tuner:
     def continuing(
         cls, trainable: Callable[[dict[str, Any]], Any], store: ExperimentStore,
         record: ExperimentRecord, resume: Resume, run_config: RunConfig,
-        task_runner: TaskRunner[Any] | None = None,
+        task_runner: TaskRunner[Any] | None = None, search_alg: Searcher | None = None,
     ) -> Tuner:
         """A Tuner whose `fit()` continues the stored experiment `record` in `store` with
         its own settings (search space, sampling, checkpoints, failures, stop thresholds)
@@ -149,7 +152,7 @@ class Tuner:
                 stop function `run_config` lacks.
         """
         tune_config, run_config = continued_settings(
-            record, trainable_name(trainable), run_config, task_runner
+            record, trainable_name(trainable), run_config, task_runner, search_alg
         )
         tuner = cls(trainable, param_space=space_from_json(dict(record.param_space)),
                     tune_config=tune_config, run_config=run_config)
@@ -168,6 +171,7 @@ class Tuner:
         storage_options: Mapping[str, Any] | None = None,
         stop: StopCondition = None,
         task_runner: TaskRunner[Any] | None = None,
+        search_alg: Searcher | None = None,
     ) -> Tuner:
         """A Tuner that continues the experiment stored at `path` when `fit()` runs.
 
@@ -184,6 +188,9 @@ class Tuner:
             stop: The stop function the experiment was created with, if it had one
                 (stop thresholds are stored with the experiment).
             task_runner: Where the trials run (see `TuneConfig.task_runner`).
+            search_alg: The custom searcher the experiment was created with, if it had
+                one (built-in searchers are stored with the experiment). The stored
+                trials are replayed into it before it suggests more.
 
         Raises:
             ConfigError: no experiment at `path`, another trainable, or both
@@ -200,7 +207,7 @@ class Tuner:
             Resume(resume_unfinished, resume_errored, restart_errored),
             RunConfig(name=store.name, storage_path=store.storage.uri(store.storage.root),
                       storage_options=storage_options, stop=stop),
-            task_runner,
+            task_runner, search_alg,
         )
 
     @staticmethod

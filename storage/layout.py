@@ -38,6 +38,8 @@ LEASE_DIR = ".lease"
 PREFECT_RESULTS = ".prefect-results"
 #: Holds the records trials share for a scheduler's decisions (see `storage.board`).
 SCHEDULER_DIR = ".scheduler"
+#: One file per trial the search added, named by its sequence number (`trial_entry`).
+TRIALS_DIR = ".trials"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 PARAMS = "params.json"
@@ -139,6 +141,10 @@ class ExperimentLayout:
     def board_dir(self, key: str) -> str:
         """Where the scheduler records under `key` are."""
         return self.join(SCHEDULER_DIR, key)
+
+    def trial_entry(self, sequence: int) -> str:
+        """The record of the `sequence`-th trial the search added."""
+        return self.join(TRIALS_DIR, f"{sequence:08d}.json")
 
     def probe_file(self) -> str:
         """A fresh name for the storage probe, in the experiment directory."""

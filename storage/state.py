@@ -1,8 +1,10 @@
 """Experiment state: what a restore reads, as plain JSON records.
 
-Two kinds of file, each replaced atomically and never appended to:
+Three kinds of file, each written atomically and never appended to:
 - `experiment.json`, written once when the experiment is created: the trainable's name,
-  the search (seed, search space, every sampled config) and the settings to restore.
+  the search (seed, search space, trial id prefix) and the settings to restore.
+- `.trials/<n>.json`, written once per trial as the search adds it, before it starts:
+  its id, name and config (experiments of older versions list them in experiment.json).
 - `<trial>/trial.json`, written by the trial at each status change: its outcome so far.
 
 So the bytes written per trial event do not depend on the number of trials, and every
@@ -36,6 +38,8 @@ class ExperimentRecord:
     trials: tuple[TrialSpec, ...]
     tune: Mapping[str, Any]
     run: Mapping[str, Any]
+    #: What the ids of the trials the search adds begin with.
+    trial_prefix: str = ""
     #: The URI it was read from, for error messages ("" for a new one).
     where: str = field(default="", compare=False)
 
@@ -44,7 +48,8 @@ class ExperimentRecord:
         return json.dumps({
             "format": STATE_FORMAT,
             "trainable": self.trainable,
-            "search": {"seed": self.seed, "param_space": self.param_space},
+            "search": {"seed": self.seed, "param_space": self.param_space,
+                       "trial_prefix": self.trial_prefix},
             "tune": self.tune,
             "run": self.run,
             "trials": [
@@ -66,6 +71,7 @@ class ExperimentRecord:
                 ),
                 tune=raw["tune"],
                 run=raw["run"],
+                trial_prefix=str(raw["search"].get("trial_prefix", "")),
                 where=where,
             )
         except (KeyError, TypeError) as exc:
@@ -77,6 +83,22 @@ class ExperimentRecord:
             raise StorageError(f"{where}: a trial's config is not an object; the file is "
                                "damaged")
         return record
+
+
+def spec_to_json(spec: TrialSpec) -> bytes:
+    return json.dumps({"format": STATE_FORMAT, "trial_id": spec.trial_id,
+                       "trial_name": spec.trial_name, "config": spec.config}).encode()
+
+
+def spec_from_json(data: bytes, where: str) -> TrialSpec:
+    """The trial a `.trials/<n>.json` file records.
+
+    Raises:
+        StorageError: the file is not one, naming it.
+    """
+    raw = _load(data, where)
+    return TrialSpec(_field(raw, "trial_id", str, where),
+                     _field(raw, "trial_name", str, where), _field(raw, "config", dict, where))
 
 
 def outcome_to_json(outcome: TrialOutcome) -> bytes:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prefect_tune.storage.board import Board
-from prefect_tune.storage.errors import StorageNotShared
+from prefect_tune.storage.errors import StorageError, StorageNotShared
 from prefect_tune.storage.filesystem import Storage
 from prefect_tune.storage.layout import (
     EXPERIMENT_STATE,
@@ -21,13 +21,20 @@ from prefect_tune.storage.layout import (
     RESULT_LOG,
     STORAGE_MARKER,
     TRIAL_STATE,
+    TRIALS_DIR,
     ExperimentLayout,
     token,
 )
 from prefect_tune.storage.lease import Lease, Logger
 from prefect_tune.storage.ranking import Ranking
 from prefect_tune.storage.records import TrialOutcome, TrialSpec
-from prefect_tune.storage.state import ExperimentRecord, outcome_from_json, outcome_to_json
+from prefect_tune.storage.state import (
+    ExperimentRecord,
+    outcome_from_json,
+    outcome_to_json,
+    spec_from_json,
+    spec_to_json,
+)
 from prefect_tune.storage.trial_dir import TrialDir, parse_rows
 
 
@@ -122,15 +129,35 @@ class ExperimentStore:
         """Write the experiment's state file; its trials start out PENDING."""
         self.storage.write_bytes(self.layout.join(EXPERIMENT_STATE), record.to_json())
 
+    def add_trial(self, sequence: int, spec: TrialSpec) -> None:
+        """Record the `sequence`-th trial of the search (numbered after experiment.json's
+        own), before it starts: one small file, written once.
+
+        Raises:
+            StorageError: that trial is recorded already (another run of the experiment
+                is searching too).
+        """
+        path = self.layout.trial_entry(sequence)
+        if not self.storage.create(path, spec_to_json(spec)):
+            raise StorageError(f"{self.storage.uri(path)} exists already: another run is "
+                               "adding trials to this experiment")
+
     def read_experiment(self) -> ExperimentRecord:
-        """The experiment's state file.
+        """The experiment's state file, with every trial the search added since.
 
         Raises:
             FileNotFoundError: there is no experiment here.
-            StorageError: the file is not a state file this version reads.
+            StorageError: a file is not a state file this version reads.
         """
         path = self.layout.join(EXPERIMENT_STATE)
-        return ExperimentRecord.from_json(self.storage.read_bytes(path), self.storage.uri(path))
+        record = ExperimentRecord.from_json(self.storage.read_bytes(path),
+                                            self.storage.uri(path))
+        directory = self.layout.join(TRIALS_DIR)
+        names = sorted(n for n in self.storage.listdir(directory) if n.endswith(".json"))
+        paths = [f"{directory}/{name}" for name in names]
+        found = self.storage.read_many(paths)
+        added = [spec_from_json(found[p], self.storage.uri(p)) for p in paths if p in found]
+        return replace(record, trials=record.trials + tuple(added))
 
     def write_trial_state(self, outcome: TrialOutcome) -> None:
         """Replace the trial's trial.json atomically.

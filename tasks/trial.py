@@ -120,8 +120,8 @@ def run_trial(plan: TrialPlan, work: TrialWork) -> TrialOutcome:
         else:
             outcome = execute(plan, spec, attempt, logger, work.until)
     except TrialStopped:
-        logger.warning("trial %s stopped: the sweep is stopping (fail_fast)", spec.trial_name)
-        _stopped(store, _state(spec, TrialStatus.STOPPED, attempt))
+        logger.warning("trial %s stopped: the sweep is stopping", spec.trial_name)
+        _stopped(store, _reached(plan, spec, attempt))
     except TrialError as exc:
         limit = plan.max_failures
         last = not is_retryable(exc) or (limit >= 0 and run_count > limit)
@@ -137,7 +137,18 @@ def _state(spec: TrialSpec, status: TrialStatus, attempts: int) -> TrialOutcome:
                         attempts=max(attempts, 0))
 
 
+def _reached(plan: TrialPlan, spec: TrialSpec, attempt: int) -> TrialOutcome:
+    """What a trial the sweep stopped had reached: its result rows and the checkpoints
+    they record (a restore resumes it from the latest)."""
+    trial = plan.store.trial(spec.trial_name)
+    rows = trial.read_rows()
+    if not rows:
+        return _state(spec, TrialStatus.STOPPED, attempt)
+    reached = trial.recover(spec, rows, plan.ranking, plan.checkpoint_config.num_to_keep)
+    return replace(reached, attempts=attempt)
+
+
 def _stopped(store: ExperimentStore, outcome: TrialOutcome) -> NoReturn:
     """Record the trial as STOPPED and end its task run."""
     store.write_trial_state(replace(outcome, status=TrialStatus.STOPPED))
-    raise TrialStopped(f"trial {outcome.trial_name} was stopped by the sweep (fail_fast)")
+    raise TrialStopped(f"trial {outcome.trial_name} was stopped by the sweep")

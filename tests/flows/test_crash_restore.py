@@ -293,7 +293,8 @@ def test_restored_experiment_can_be_read_without_running(tmp_path: Path) -> None
 
     assert Tuner.can_restore(path)
     grid = Tuner.restore(path, count_up).get_results()
-    assert len(grid) == 3 and grid.num_terminated == 1
+    # the search adds trials as slots free up: the next one was not suggested yet
+    assert len(grid) == 1 and grid.num_terminated == 1
     assert grid[0].status is TrialStatus.TERMINATED
     assert grid[0].metrics_dataframe["step"].tolist() == list(range(1, STEPS + 1))
     assert not (run / "storage" / NAME / "results.csv").exists()  # nothing ran

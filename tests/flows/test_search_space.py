@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
 from collections import Counter
 from collections.abc import Callable
@@ -16,8 +15,9 @@ import pytest
 from prefect_tune.flows import TuneConfig, Tuner
 from prefect_tune.flows.search_space import (
     choice,
-    generate_configs,
+    config_at,
     grid_search,
+    grid_size,
     loguniform,
     randint,
     space_to_json,
@@ -31,7 +31,7 @@ DRAWS = 2000
 
 
 def generate(space: dict[str, Any], num_samples: int = 1, seed: int = 0) -> list[dict[str, Any]]:
-    return generate_configs(space, num_samples, random.Random(seed))
+    return [config_at(space, i, seed) for i in range(num_samples * grid_size(space))]
 
 
 def test_grid_axes_multiply() -> None:
@@ -236,7 +236,7 @@ def nothing(config: dict[str, Any]) -> None:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_tuner_draws_its_configs_with_the_seeded_sampler(tmp_path: Path) -> None:
-    """Tuner(seed=S) runs exactly the configs generate_configs draws with Random(S)."""
+    """Tuner(seed=S) runs exactly the configs config_at makes for seed S, in order."""
     space = {
         "g": grid_search([1, 2]), "c": choice(["a", "b", "c", "d"]), "u": uniform(-2, 3),
         "lr": loguniform(1e-4, 1e-1), "n": randint(0, 10), "nested": {"m": uniform(0, 1)},
@@ -252,4 +252,5 @@ def test_tuner_draws_its_configs_with_the_seeded_sampler(tmp_path: Path) -> None
     assert [json.loads((Path(r.path) / "params.json").read_text()) for r in grid] == expected
     experiment = json.loads((tmp_path / "runs" / "exp" / "experiment.json").read_text())
     assert experiment["search"]["seed"] == SEED
+    assert "search_alg" not in experiment["tune"]  # the default searcher
     assert len({c["u"] for c in expected}) == len(expected)  # not one draw reused

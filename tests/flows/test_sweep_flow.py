@@ -3,6 +3,7 @@ same experiment as `Tuner.fit()` writes."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -77,3 +78,25 @@ def test_parameters_are_validated_before_anything_runs(tmp_path: Path) -> None:
 def test_an_unknown_trainable_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"module 'no_such_pkg.mod' cannot be imported"):
         sweep(trainable="no_such_pkg.mod:fn", storage_path=str(tmp_path))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_flow_takes_a_searcher_by_name_with_json_settings(tmp_path: Path) -> None:
+    plane = {"x": {"uniform": [-1, 1]}, "y": {"uniform": [-1, 1]}}
+    args = {"trainable": "tests.flows.search_trainables:quadratic", "param_space": plane,
+            "metric": "loss", "mode": "min", "storage_path": str(tmp_path)}
+    summary = sweep(**args, num_samples=5, name="by-name", search_alg="optuna",
+                    search_settings={"sampler": "random", "seed": 4})
+
+    assert summary["trials"] == {"TERMINATED": 5}
+    stored = json.loads((tmp_path / "by-name" / "experiment.json").read_text())
+    assert stored["tune"]["search_alg"] == {  # metric and mode: TuneConfig's
+        "name": "optuna", "metric": None, "mode": None, "sampler": "random", "seed": 4,
+        "space": None}
+    with pytest.raises(ParameterTypeError, match="search_alg"):
+        sweep(**args, search_alg="hyperopt")
+    with pytest.raises(ConfigError, match=r"sampler='annealing'\) is not a sampler"):
+        sweep(**args, search_alg="optuna", search_settings={"sampler": "annealing"})
+    with pytest.raises(ConfigError, match="search_settings .*'trials'"):
+        sweep(**args, search_alg="optuna", search_settings={"trials": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-name"]

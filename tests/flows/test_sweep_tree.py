@@ -85,6 +85,8 @@ def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> Non
     <storage>/tree/
         experiment.json  results.csv  results.json  .storage-marker.json
         .lease/                  empty: the run released its lease
+        .trials/                 00000000.json 00000001.json: each trial as the search
+                                 added it
         .prefect-results/        exactly 2 records of Prefect's: tree-<trial id> (the
                                  finished trial's outcome, under its cache key) and
                                  <32 hex> (the failed trial's TrialError: one failed
@@ -120,7 +122,8 @@ def test_experiment_tree_is_exactly_the_documented_layout(tmp_path: Path) -> Non
     checkpoint_files = [".checkpoint.json", "checkpoint.json"]
     ok_id = ok.removeprefix("trainer_")
     expected = ["experiment.json", "results.csv", "results.json", ".storage-marker.json",
-                ".lease/", ".prefect-results/", f".prefect-results/tree-{ok_id}"]
+                ".lease/", ".trials/", ".trials/00000000.json", ".trials/00000001.json",
+                ".prefect-results/", f".prefect-results/tree-{ok_id}"]
     # best (score 0) plus the protected latest
     for trial, kept, extra in ((ok, (0, 2), []), (failed, (0, 1), ["error.txt"])):
         expected += [f"{trial}/", f"{trial}/params.json", f"{trial}/progress.csv",

@@ -29,6 +29,7 @@ from prefect_tune.storage import (
     RunConfig,
     StorageError,
     TrialStatus,
+    layout,
 )
 from prefect_tune.storage.layout import MANIFEST
 from prefect_tune.tasks import get_checkpoint, report
@@ -120,8 +121,10 @@ class InjectBeforeTrialOne(threading.Thread):
                 if self.direct.exists(key):
                     break
                 time.sleep(0.05)
-            trials = json.loads(self.direct.cat_file(key))["trials"]
-            (name,) = [t["trial_name"] for t in trials if t["config"]["index"] == 1]
+            experiment = json.loads(self.direct.cat_file(key))
+            # the search names trial 1 (config index 1) from the experiment's prefix
+            name = layout.trial_name(experiment["trainable"],
+                                     layout.trial_id(experiment["search"]["trial_prefix"], 1))
             path = f"{self.bucket}/runs/{NAME}/{name}/{self.file_name}"
             self.target, self.uri = f"PUT /{path}", f"s3://{path}"
             self.proxy.inject("503", self.target, count=PERSISTENT)
@@ -183,10 +186,10 @@ def finished_on_s3(direct: Any, moto_endpoint: str, prefect_server: str,
 
 
 def first_trial(direct: Any, experiment: str) -> str:
-    """The name of trial 0 of the stored experiment."""
-    trials = json.loads(direct.cat_file(f"{experiment}/experiment.json"))["trials"]
-    (name,) = [t["trial_name"] for t in trials if t["config"]["index"] == 0]
-    return str(name)
+    """The name of trial 0 of the stored experiment (its record in .trials/)."""
+    trial = json.loads(direct.cat_file(f"{experiment}/.trials/00000000.json"))
+    assert trial["config"]["index"] == 0
+    return str(trial["trial_name"])
 
 
 def test_a_persistent_read_fault_on_trial_json_is_a_storage_error_naming_it(
