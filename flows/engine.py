@@ -132,7 +132,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         plan.name, len(record.trials), len(trials.work), budget,
         type(source.searcher).__name__, plan.concurrency, store.path,
     )
-    progress = bookkeeping.Progress(plan.name, source.budget or len(record.trials))
+    progress = bookkeeping.Progress(plan.name, source.budget)
     deadline = _deadline(tune.time_budget_s, stop)
     trial_task = run_trial.with_options(retries=UNLIMITED if max_failures < 0 else max_failures)
     # Trial outcomes persist beside the experiment, so a retried flow run finds them
@@ -164,6 +164,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         for item in source.rest():
             outcomes[item.spec.trial_id] = _record(store, item, TrialStatus.STOPPED)
     specs = (*record.trials, *source.added)
+    progress.finish()
     grid = ResultGrid([Result(outcomes[spec.trial_id], store) for spec in specs],
                       store.path, tune.metric, tune.mode, plan.ranking)
     frame = grid.get_dataframe()
@@ -215,7 +216,7 @@ def _suggestions(plan: SweepPlan, record: ExperimentRecord, store: ExperimentSto
     """The sweep's source of new trials, its searcher set up for this experiment."""
     tune = plan.tune_config
     searcher = tune.searcher()
-    searcher.set_search_properties(tune.metric, tune.mode, plan.param_space, record.seed)
+    searcher.set_search_properties(tune.metric, tune.mode, plan.param_space, seed=record.seed)
     prefix = record.trial_prefix or (record.trials[0].trial_id.rpartition("_")[0]
                                      if record.trials else new_trial_prefix())
     return Suggestions(searcher, store, plan.trainable_name, prefix, len(record.trials),

@@ -71,8 +71,8 @@ class OptunaSearch(Searcher):
         self._study: Any = None
 
     def set_search_properties(self, metric: str | None, mode: str | None,
-                              config: Mapping[str, Any], seed: int) -> None:
-        super().set_search_properties(metric, mode, config, seed)
+                              config: Mapping[str, Any], *, seed: int = 0) -> None:
+        super().set_search_properties(metric, mode, config, seed=seed)
         if self.metric is None or self.mode not in ("min", "max"):
             raise ConfigError("OptunaSearch needs a metric and a mode: set them on it or on "
                               'TuneConfig(metric="loss", mode="min")')

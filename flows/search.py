@@ -38,8 +38,8 @@ class BasicVariantGenerator(Searcher):
         self._grid = 1
 
     def set_search_properties(self, metric: str | None, mode: str | None,
-                              config: Mapping[str, Any], seed: int) -> None:
-        super().set_search_properties(metric, mode, config, seed)
+                              config: Mapping[str, Any], *, seed: int = 0) -> None:
+        super().set_search_properties(metric, mode, config, seed=seed)
         self._space = config
         self._grid = grid_size(config)
         if self.seed is None:
@@ -78,8 +78,8 @@ class ConcurrencyLimiter(Searcher):
         self.can_finish = searcher.can_finish
 
     def set_search_properties(self, metric: str | None, mode: str | None,
-                              config: Mapping[str, Any], seed: int) -> None:
-        self.searcher.set_search_properties(metric, mode, config, seed)
+                              config: Mapping[str, Any], *, seed: int = 0) -> None:
+        self.searcher.set_search_properties(metric, mode, config, seed=seed)
         self.metric, self.mode = self.searcher.metric, self.searcher.mode
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -134,13 +134,15 @@ class Repeater(Searcher):
         self._groups: dict[str, tuple[dict[str, Any], dict[str, tuple[str, Any]]]] = {}
         self._group_of: dict[str, str] = {}
         self._open: str | None = None  # the group still taking trials
+        self._restoring: str | None = None  # the group a restore replays
 
     def set_search_properties(self, metric: str | None, mode: str | None,
-                              config: Mapping[str, Any], seed: int) -> None:
-        self.searcher.set_search_properties(metric, mode, config, seed)
+                              config: Mapping[str, Any], *, seed: int = 0) -> None:
+        self.searcher.set_search_properties(metric, mode, config, seed=seed)
         self.metric, self.mode = self.searcher.metric, self.searcher.mode
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        self._replayed()
         if self._open is None:
             config = self.searcher.suggest(trial_id)
             if not isinstance(config, dict):
@@ -153,7 +155,7 @@ class Repeater(Searcher):
         group = self._open
         assert group is not None
         config, ends = self._groups[group]
-        index = sum(g == group for g in self._group_of.values())
+        index = len(ends)
         self._group_of[trial_id] = group
         ends[trial_id] = ("running", None)
         if index + 1 == self.repeat:
@@ -173,18 +175,27 @@ class Repeater(Searcher):
     def on_trial_restored(self, trial_id: str, config: dict[str, Any],
                           state: RestoredState, result: dict[str, Any] | None) -> None:
         if self._open is None:
+            self._replayed()
             inner = {k: v for k, v in config.items() if k != "__trial_index__"} \
                 if self.set_index else dict(config)
             self._groups[trial_id] = (inner, {})
-            self._open = trial_id
+            self._open = self._restoring = trial_id
         group = self._open
         self._join(trial_id)
-        if state == "running":
+        if state != "running":
+            self._groups[group][1][trial_id] = (state, result)
+
+    def _replayed(self) -> None:
+        """Tell the inner searcher of the group replayed last: how it ended, or that it
+        runs on."""
+        group, self._restoring = self._restoring, None
+        if group is None:
             return
-        self._groups[group][1][trial_id] = (state, result)
+        config = self._groups[group][0]
         if self._complete(group):
-            self.searcher.on_trial_restored(group, self._groups[group][0],
-                                            *self._mean(group))
+            self.searcher.on_trial_restored(group, config, *self._mean(group))
+        else:
+            self.searcher.on_trial_restored(group, config, "running", None)
 
     def _end(self, trial_id: str, state: str, result: dict[str, Any] | None) -> None:
         group = self._group_of.get(trial_id)

@@ -31,7 +31,7 @@ class Searcher:
         self.metric, self.mode = metric, mode
 
     def set_search_properties(self, metric: str | None, mode: str | None,
-                              config: Mapping[str, Any], seed: int) -> None:
+                              config: Mapping[str, Any], *, seed: int = 0) -> None:
         """Called once by the sweep before anything else: TuneConfig's metric and mode
         (where the searcher has none), the Tuner's search space and the experiment's
         seed."""

@@ -43,10 +43,11 @@ def write_results(store: ExperimentStore, frame: pd.DataFrame) -> None:
 class Progress:
     """The sweep's progress artifact. Updated at most every PROGRESS_SECONDS, and always
     when the last trial finishes: an API call per finished trial would cost more than a
-    tiny trial does."""
+    tiny trial does. Without a `total` (a search without a trial budget) it shows 0
+    until `finish`."""
 
-    def __init__(self, experiment: str, total: int) -> None:
-        self.total = max(total, 1)
+    def __init__(self, experiment: str, total: int | None) -> None:
+        self.total = None if total is None else max(total, 1)
         self.artifact_id = cast(UUID, create_progress_artifact(
             0.0, key=artifact_key(experiment, "progress"),
             description=f"Trials of {experiment} finished so far",
@@ -55,9 +56,14 @@ class Progress:
 
     def advance(self, done: int) -> None:
         now = time.monotonic()
-        if done >= self.total or now - self._last >= PROGRESS_SECONDS:
-            update_progress_artifact(self.artifact_id, 100.0 * done / self.total)
+        if self.total is not None and (done >= self.total
+                                       or now - self._last >= PROGRESS_SECONDS):
+            update_progress_artifact(self.artifact_id, min(100.0, 100.0 * done / self.total))
             self._last = now
+
+    def finish(self) -> None:
+        """The sweep ended: every trial it will run has."""
+        update_progress_artifact(self.artifact_id, 100.0)
 
 
 def publish_results(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -492,4 +493,52 @@ def test_a_pbt_exploit_whose_donor_checkpoint_is_gone_is_skipped_and_not_recorde
     assert t1.config["lr"] == 0.2  # it went on as it was, from its own state
     assert t1.metrics_dataframe["score"].round(6).tolist() == [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
     assert not (Path(t1.path) / "perturbations.json").exists()
+    assert f"trial {t1.outcome.trial_name} could not exploit {t0.trial_id}" in caplog.text
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_recorded_exploit_whose_donor_checkpoint_is_gone_at_restore_is_called_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The driver dies once T1's exploit of T0 is recorded, before the copy; then T0's
+    checkpoint is deleted. The restored sweep cannot carry the exploit out: it records
+    it called off, with T1's own config, and T1 goes on as it was, with a warning."""
+    storage = tmp_path / "runs"
+    run_killed(textwrap.dedent(f"""
+        import os, signal
+        from prefect_tune.flows import TuneConfig, Tuner, grid_search
+        from prefect_tune.storage import CheckpointConfig, RunConfig
+        from prefect_tune.storage.trial_dir import TrialDir
+        from tests.flows import curves
+        from tests.flows.test_schedulers import PBT
+
+        def die(self, index, source):
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+
+        TrialDir.replace_checkpoint = die
+        Tuner(curves.grow, param_space={{"lr": grid_search([0.1, 0.2])}},
+              tune_config=TuneConfig(metric="score", mode="max", max_concurrent_trials=1,
+                                     scheduler=PBT),
+              run_config=RunConfig(name="pbt", storage_path={str(storage)!r},
+                                   stop={{"training_iteration": 6}},
+                                   checkpoint_config=CheckpointConfig(num_to_keep=1))).fit()
+    """))
+    (t1_dir,) = [p for p in (storage / "pbt").glob("grow_*")
+                 if (p / "perturbations.json").exists()]
+    (exploit,) = lines(t1_dir / "perturbations.json")
+    donor = storage / "pbt" / exploit["donor_name"] / exploit["donor_checkpoint"]
+    shutil.rmtree(donor)
+
+    grid = Tuner.restore(str(storage / "pbt"), curves.grow).fit()
+
+    t0, t1 = grid
+    assert [r.status for r in grid] == [TrialStatus.TERMINATED] * 2
+    assert lines(t1_dir / "perturbations.json") == [
+        exploit, {"time": 2.0, "cancelled": True, "config": {"lr": 0.2}}]
+    assert t1.config == {"lr": 0.2}
+    assert t1.metrics_dataframe["score"].round(6).tolist() == [0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
     assert f"trial {t1.outcome.trial_name} could not exploit {t0.trial_id}" in caplog.text

@@ -72,7 +72,7 @@ def test_any_config_of_the_search_is_made_without_the_ones_before_it() -> None:
              "c": uniform(0, 1), "n": randint(0, 10)}
     first, again = BasicVariantGenerator(seed=7), BasicVariantGenerator(seed=7)
     for searcher in (first, again):
-        searcher.set_search_properties("loss", "min", space, 0)
+        searcher.set_search_properties("loss", "min", space)
     configs = [first.suggest(f"t{i}") for i in range(3)]
     again.on_trial_restored("t0", configs[0], "complete", None)
     again.on_trial_restored("t1", configs[1], "running", None)
@@ -80,7 +80,7 @@ def test_any_config_of_the_search_is_made_without_the_ones_before_it() -> None:
     assert again.suggest("t2") == configs[2]  # a restore goes on where it was
     assert first.budget(2) == 2_000_000
     far = BasicVariantGenerator(seed=7)
-    far.set_search_properties("loss", "min", space, 0)
+    far.set_search_properties("loss", "min", space)
     far._next = 999_999
     assert far.suggest("last") | {"c": 0, "n": 0} == {"a": 999, "b": 999, "c": 0, "n": 0}
 
@@ -153,6 +153,21 @@ def test_repeater_runs_each_config_repeat_times_and_tells_the_mean(tmp_path: Pat
         [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     ids = [r.trial_id for r in grid]
     assert searcher.told == [("complete", ids[0], 1.0), ("complete", ids[3], 11.0)]
+
+
+def test_a_restored_repeater_tells_its_searcher_of_each_group_once() -> None:
+    inner = st.Counting()
+    repeater = Repeater(inner, repeat=2)
+    repeater.set_search_properties("loss", "min", {})
+    for trial, i, index, state in (("t0", 0, 0, "complete"), ("t1", 0, 1, "error"),
+                                   ("t2", 1, 0, "complete"), ("t3", 1, 1, "running")):
+        repeater.on_trial_restored(trial, {"i": i, "__trial_index__": index}, state,
+                                   {"loss": 4.0} if state == "complete" else None)
+    assert repeater.suggest("t4") == {"i": 2, "__trial_index__": 0}
+
+    assert inner.told == [("restored", "t0", "complete"), ("restored", "t2", "running")]
+    repeater.on_trial_complete("t3", {"loss": 6.0})
+    assert inner.told[-1] == ("complete", "t2", 5.0)  # the mean of the group's two
 
 
 def test_time_budget_stops_the_running_trials_and_starts_no_more(tmp_path: Path) -> None:
@@ -228,7 +243,7 @@ def test_optuna_refuses_what_it_cannot_represent_naming_the_value() -> None:
     with pytest.raises(ConfigError, match=r"'opt'.*holds lists or dicts"):
         OptunaSearch(space={"opt": choice([[1, 2], [3]])})
     with pytest.raises(ConfigError, match="needs a metric and a mode"):
-        OptunaSearch().set_search_properties(None, None, PLANE, 0)
+        OptunaSearch().set_search_properties(None, None, PLANE)
 
 
 def test_a_searcher_that_suggests_no_config_fails_the_sweep_clearly(tmp_path: Path) -> None:
