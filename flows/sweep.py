@@ -103,19 +103,40 @@ def sweep(
     search_settings: dict[str, Any] | None = None,
     time_budget_s: Annotated[float, Field(gt=0)] | None = None,
 ) -> State[Any]:
-    """Run a sweep of `trainable` over `param_space` (JSON: {"lr": {"loguniform": [1e-4,
-    0.1]}, "layers": {"grid_search": [1, 2]}, "epochs": 3}).
+    """Run a sweep of `trainable` over `param_space`, one Prefect task run per trial.
 
-    `trainable` is a function or a `Trainable` class ("pkg.mod:LinearModel"); for a class,
-    `checkpoint_frequency`/`checkpoint_at_end` say when it saves, and `stop`
-    ({"training_iteration": 10}) when a trial ends. Trials run in child processes,
-    `max_concurrent_trials` at a time. Without `name`, the
-    experiment is named after the deployment (or trainable) and the scheduled time. With
-    `resume`, an existing experiment of that name is continued (its own settings win)
-    instead of refused. `search_alg` picks the searcher ("variants": grid and random
-    sampling; "optuna": Optuna's TPE, with `search_settings` such as {"sampler":
-    "random", "seed": 0}); `num_samples` is its trial budget (-1: until
-    `time_budget_s` runs out).
+    Args:
+        trainable: Import path of the function or `Trainable` class to tune,
+            "package.module:name"; it must be importable where the flow runs.
+        param_space: The search space as JSON: {"lr": {"loguniform": [1e-4, 0.1]},
+            "layers": {"grid_search": [1, 2]}, "act": {"choice": ["relu", "tanh"]},
+            "epochs": 3}; domains: uniform, loguniform, randint ([lower, upper]),
+            choice, grid_search (lists); anything else is passed as it is.
+        num_samples: The trial budget: with "variants", passes over the grid; else
+            trials. -1: until time_budget_s runs out.
+        metric: The metric that ranks trials (and that searchers learn from).
+        mode: "min" or "max" for metric.
+        max_concurrent_trials: Trials running at once (default: the CPU count).
+        seed: Makes sampling reproducible.
+        name: The experiment's name (default: the deployment's or trainable's and the
+            scheduled time).
+        storage_path: Where experiments are stored: a path, file://, s3:// or gs://.
+        storage_block: The name of a saved storage block to use instead.
+        num_to_keep: Checkpoints kept per trial, the best by the score (default: all).
+        checkpoint_score_attribute: The metric that ranks a trial's checkpoints.
+        checkpoint_score_order: "min" or "max" for the checkpoint score.
+        checkpoint_frequency: A class trainable saves every this many iterations.
+        checkpoint_at_end: A class trainable saves when it ends.
+        stop: Thresholds that end a trial: {"training_iteration": 10}.
+        max_failures: Retries of a failing trial, from its latest checkpoint (-1: no
+            limit).
+        resume: Continue an existing experiment of this name (its own settings win)
+            instead of refusing it.
+        search_alg: "variants": grid and random sampling; "optuna": Optuna's TPE.
+        search_settings: The searcher's settings, such as {"sampler": "random",
+            "seed": 0} for optuna.
+        time_budget_s: After this many seconds no new trial starts and running ones
+            stop.
 
     Returns:
         The experiment path, trial counts by status, and the best trial with its

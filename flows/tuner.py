@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 
 from prefect import Flow, State, flow
+from prefect.settings import (
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    get_current_settings,
+    temporary_settings,
+)
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from prefect_tune.flows.config import TuneConfig
@@ -112,7 +117,7 @@ class Tuner:
         tune = self.tune_config
         # the trials' warm worker loads while Prefect starts the flow run
         with prestarted() if tune.isolation == "process" and not on_dask(tune.task_runner) \
-                else nullcontext():
+                else nullcontext(), prefect_api():
             state = tune_flow(self.plan())(return_state=True)
         result = state.result(raise_on_failure=False)
         if isinstance(result, BaseException):
@@ -228,6 +233,34 @@ class Tuner:
         """
         store = ExperimentStore(self.plan().storage, cast(str, self.run_config.name))
         return read_experiment(store).grid()
+
+
+#: How long Prefect's ephemeral API server may take to start unless the user set a limit:
+#: creating its database on a 2-core machine can take longer than Prefect's 20 s.
+EPHEMERAL_STARTUP_SECONDS = 120
+
+
+@contextmanager
+def prefect_api() -> Iterator[None]:
+    """Without a Prefect server of the user's (no PREFECT_API_URL), give Prefect's
+    ephemeral one EPHEMERAL_STARTUP_SECONDS to start unless the user set a limit, and
+    turn its failure to start into one ConfigError naming the setting."""
+    if get_current_settings().api.url:
+        yield
+        return
+    with temporary_settings(set_defaults={
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_SECONDS}):
+        try:
+            yield
+        except RuntimeError as exc:
+            if "ephemeral Prefect API server" not in str(exc):
+                raise
+            limit = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+            raise ConfigError(
+                f"Prefect's ephemeral API server did not start within {limit:g} s "
+                "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS): raise that setting, or "
+                "start a server (prefect server start) and set PREFECT_API_URL"
+            ) from None
 
 
 def trainable_name(trainable: object) -> str:

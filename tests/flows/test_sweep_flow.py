@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from prefect.exceptions import ParameterTypeError
+from prefect.utilities.callables import parameter_schema
 
 from prefect_tune.flows.search_space import (
     grid_search,
@@ -100,3 +101,12 @@ def test_the_flow_takes_a_searcher_by_name_with_json_settings(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="search_settings .*'trials'"):
         sweep(**args, search_alg="optuna", search_settings={"trials": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["by-name"]
+
+
+def test_every_parameter_has_help_text_for_the_run_form() -> None:
+    """The UI's run form shows each parameter's description (the docstring's Args)."""
+    schema = parameter_schema(sweep.fn).model_dump()["properties"]
+
+    assert {name for name, field in schema.items() if not field.get("description")} == set()
+    assert "loguniform" in schema["param_space"]["description"]
+    assert schema["search_alg"]["enum"] == ["variants", "optuna"]
