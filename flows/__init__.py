@@ -18,15 +18,19 @@ from prefect_tune.flows.search import (
     Searcher,
 )
 from prefect_tune.flows.search_space import choice, grid_search, loguniform, randint, uniform
+from prefect_tune.flows.tracking import MLflowLoggerCallback
 from prefect_tune.flows.trainer import Trainer
 from prefect_tune.flows.tuner import Tuner
+from prefect_tune.storage.callbacks import Callback
 
 __all__ = [
     "ASHAScheduler",
     "BasicVariantGenerator",
+    "Callback",
     "ConcurrencyLimiter",
     "FIFOScheduler",
     "HyperBandScheduler",
+    "MLflowLoggerCallback",
     "MedianStoppingRule",
     "OptunaSearch",
     "PopulationBasedTraining",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime
@@ -34,6 +34,7 @@ from prefect_tune.flows.schedulers import check_scheduler
 from prefect_tune.flows.search import Searcher, check_search
 from prefect_tune.flows.search_space import space_from_json, space_to_json, validate_space
 from prefect_tune.storage import (
+    Callback,
     CheckpointConfig,
     ConfigError,
     ExperimentStore,
@@ -177,6 +178,7 @@ class Tuner:
         stop: StopCondition = None,
         task_runner: TaskRunner[Any] | None = None,
         search_alg: Searcher | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> Tuner:
         """A Tuner that continues the experiment stored at `path` when `fit()` runs.
 
@@ -196,6 +198,7 @@ class Tuner:
             search_alg: The custom searcher the experiment was created with, if it had
                 one (built-in searchers are stored with the experiment). The stored
                 trials are replayed into it before it suggests more.
+            callbacks: Tracking callbacks (see `RunConfig.callbacks`); not stored.
 
         Raises:
             ConfigError: no experiment at `path`, another trainable, or both
@@ -211,7 +214,7 @@ class Tuner:
             trainable, store, read_record(store, path),
             Resume(resume_unfinished, resume_errored, restart_errored),
             RunConfig(name=store.name, storage_path=store.storage.uri(store.storage.root),
-                      storage_options=storage_options, stop=stop),
+                      storage_options=storage_options, stop=stop, callbacks=callbacks),
             task_runner, search_alg,
         )
 

@@ -6,6 +6,7 @@ needs only the storage, does not pay for importing Prefect.
 
 from typing import TYPE_CHECKING, Any
 
+from prefect_tune.storage.callbacks import Callback
 from prefect_tune.storage.checkpoint import Checkpoint
 from prefect_tune.storage.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from prefect_tune.storage.errors import (
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from prefect_tune.storage.block import TuneStorage, storage_from_block
 
 __all__ = [
+    "Callback",
     "Checkpoint",
     "CheckpointConfig",
     "CheckpointError",

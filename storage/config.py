@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from prefect_tune.storage.callbacks import Callback
 from prefect_tune.storage.errors import ConfigError
 from prefect_tune.storage.sync import SyncConfig
 
@@ -145,6 +146,9 @@ class RunConfig:
             `local_dir` and copied by a syncer command or function.
         local_dir: The staging directory of a syncer, on the machine each trial runs on;
             default: prefect-tune/staging in the user's cache directory.
+        callbacks: Tracking tools the sweep tells of each trial's start, results and
+            end (`Callback` subclasses, such as MLflowLoggerCallback), in its process.
+            Not stored with the experiment: pass them again to `Tuner.restore`.
     """
 
     name: str | None = None
@@ -157,6 +161,7 @@ class RunConfig:
     tensorboard: bool = True
     sync_config: SyncConfig = field(default_factory=SyncConfig)
     local_dir: str | os.PathLike[str] | None = None
+    callbacks: Sequence[Callback] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         for name in ("storage_path", "local_dir"):  # pathlib paths are paths too
@@ -188,6 +193,11 @@ class RunConfig:
             raise ConfigError("checkpoint_config must be a CheckpointConfig")
         if not isinstance(self.failure_config, FailureConfig):
             raise ConfigError("failure_config must be a FailureConfig")
+        object.__setattr__(self, "callbacks", tuple(self.callbacks))
+        for callback in self.callbacks:
+            if not isinstance(callback, Callback):
+                raise ConfigError(f"callbacks: {callback!r} is not a Callback; subclass "
+                                  "prefect_tune.storage.Callback")
 
 
     @property

@@ -153,15 +153,15 @@ class Storage:
         except Exception as exc:
             raise self.error("write", path, exc) from exc
 
-    def read_bytes(self, path: str) -> bytes:
-        """The content of `path`.
+    def read_bytes(self, path: str, start: int = 0) -> bytes:
+        """The content of `path`, from byte `start` on (b"" past its end).
 
         Raises:
             FileNotFoundError: there is no such file.
             StorageError: it could not be read (naming the file and the cause).
         """
         try:
-            return bytes(self.fs.cat_file(path))
+            return bytes(self.fs.cat_file(path, start=start or None))
         except FileNotFoundError:
             raise
         except Exception as exc:

@@ -219,6 +219,23 @@ class TrialDir:
         return parse_rows(text, self.storage.uri(path))
 
 
+def read_new_rows(storage: Storage, path: str, offset: int
+                  ) -> tuple[list[dict[str, Any]], int]:
+    """The complete rows of result log `path` past byte `offset` (the end of a row read
+    before), and the offset after them. A log rewritten since (a retry cut its rows) is
+    read again from the start: the byte before `offset` is then no line end."""
+    try:
+        data = storage.read_bytes(path, max(offset - 1, 0))
+    except FileNotFoundError:
+        return [], 0
+    if offset and not data.startswith(b"\n"):
+        data, offset = storage.read_bytes(path), 0
+    elif offset:
+        data = data[1:]
+    end = data.rfind(b"\n") + 1
+    return parse_rows(data[:end].decode(), storage.uri(path)), offset + end
+
+
 def _recorded(rows: list[dict[str, Any]], committed: set[int] | None
               ) -> tuple[int, tuple[CheckpointRecord, ...]]:
     """The checkpoints `rows` record (only those in `committed`, unless None) and how many
