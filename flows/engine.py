@@ -21,6 +21,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from prefect_tune.flows.events import SweepEvents
 from prefect_tune.flows.pausing import Planner, planner_for
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
 from prefect_tune.flows.resources import dask_resources, on_dask
@@ -144,13 +145,12 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     )
     outcomes = {o.trial_id: o for o in trials.kept + trials.stopped}
     failed_fast = False
-    watcher = Watcher(store, run.callbacks) if run.callbacks else None
+    watcher = Watcher(store, [SweepEvents(tune.metric, tune.mode), *run.callbacks])
     try:
         for outcome in _run_window(plan, trial_task, trial_plan, planner, source, watcher):
             outcomes[outcome.trial_id] = outcome
             source.ended(outcome)
-            if watcher is not None:
-                watcher.ended(outcome)
+            watcher.ended(outcome)
             progress.advance(len(outcomes))
             if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
                     and not stop.is_set():
@@ -161,8 +161,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     finally:
         if deadline is not None:
             deadline.cancel()
-        if watcher is not None:
-            watcher.stop()
+        watcher.stop()
         close_workers(trial_plan.sweep)  # those of other hosts (Dask) exit when idle
     if lost:
         raise lost[0]
@@ -179,8 +178,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     bookkeeping.publish_results(plan.name, store, frame, best.outcome if best else None,
                                 tune.metric, tune.mode,
                                 metric_column(tune.metric) if tune.metric else None)
-    if watcher is not None:
-        watcher.finish(grid)
+    watcher.finish(grid)
     logger.info("sweep %s finished: %s; results in %s", plan.name, describe(grid), store.path)
     return grid
 
@@ -250,7 +248,7 @@ def _deadline(seconds: float | None, stop: threading.Event) -> threading.Timer |
 
 def _run_window(
     plan: SweepPlan, trial_task: Any, trial_plan: TrialPlan, planner: Planner,
-    source: Suggestions, watcher: Watcher | None,
+    source: Suggestions, watcher: Watcher,
 ) -> Iterator[TrialOutcome]:
     """Submit what `planner` chooses, at most `plan.concurrency` at a time, and yield
     each outcome as its trial (or segment) ends, and those of the trials the planner
@@ -273,8 +271,7 @@ def _run_window(
                 future = trial_task.submit(trial_plan, item)
             running[future] = item
             future.add_done_callback(finished.put)
-            if watcher is not None:
-                watcher.started(item.spec)
+            watcher.started(item.spec)
 
     yield from (_store(store, ended) for ended in planner.restored())
     fill()
