@@ -24,6 +24,7 @@ from prefect.states import Completed, Failed
 from prefect_tune.flows.events import SweepEvents
 from prefect_tune.flows.pausing import Planner, planner_for
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
+from prefect_tune.flows.progress import ProgressReporter
 from prefect_tune.flows.resources import dask_resources, on_dask
 from prefect_tune.flows.results import Result, ResultGrid, metric_column
 from prefect_tune.flows.suggest import Suggestions, replay
@@ -128,10 +129,11 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     )
     planner = planner_for(scheduler, trials.work, store,
                           [spec.trial_id for spec in record.trials], source, trials.kept)
-    budget = "no limit" if source.budget is None else f"{source.budget}"
     logger.info(
-        "sweep %s: %d trials so far (%d to run), budget %s, %s, %d at a time, storage %s",
-        plan.name, len(record.trials), len(trials.work), budget,
+        "sweep %s: %s%s from %s, %d at a time, storage %s", plan.name,
+        f"{len(record.trials)} trials so far ({len(trials.work)} to run), "
+        if record.trials else "",
+        f"up to {source.budget} trials" if source.budget else "trials until the search ends",
         type(source.searcher).__name__, plan.concurrency, store.path,
     )
     progress = bookkeeping.Progress(plan.name, source.budget)
@@ -145,7 +147,10 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     )
     outcomes = {o.trial_id: o for o in trials.kept + trials.stopped}
     failed_fast = False
-    watcher = Watcher(store, [SweepEvents(tune.metric, tune.mode), *run.callbacks])
+    progress_log = [] if run.progress is None else \
+        [ProgressReporter(tune.metric, tune.mode, run.progress, source.budget)]
+    watcher = Watcher(store, [SweepEvents(tune.metric, tune.mode), *progress_log,
+                              *run.callbacks])
     try:
         for outcome in _run_window(plan, trial_task, trial_plan, planner, source, watcher):
             outcomes[outcome.trial_id] = outcome

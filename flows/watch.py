@@ -10,6 +10,7 @@ its end; one hook at a time.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +39,11 @@ class Watcher:
         self._started: set[str] = set()
         self._stop = threading.Event()
         self._call("setup", store.name, store.path)
-        self._thread = threading.Thread(target=self._watch, name="sweep-watcher", daemon=True)
+        # The flow's context (its Prefect settings): without it, a hook that talks to
+        # Prefect from this thread would start an ephemeral API server of its own.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._watch,),
+                                        name="sweep-watcher", daemon=True)
         self._thread.start()
 
     def started(self, trial: TrialSpec) -> None:

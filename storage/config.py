@@ -146,6 +146,9 @@ class RunConfig:
             `local_dir` and copied by a syncer command or function.
         local_dir: The staging directory of a syncer, on the machine each trial runs on;
             default: prefect-tune/staging in the user's cache directory.
+        progress: Seconds between the summaries of the sweep's progress in its log
+            (counts, the best trial, the running trials' latest metrics), besides a
+            line per finished trial; None: neither.
         callbacks: Tracking tools the sweep tells of each trial's start, results and
             end (`Callback` subclasses, such as MLflowLoggerCallback), in its process.
             Not stored with the experiment: pass them again to `Tuner.restore`.
@@ -161,6 +164,7 @@ class RunConfig:
     tensorboard: bool = True
     sync_config: SyncConfig = field(default_factory=SyncConfig)
     local_dir: str | os.PathLike[str] | None = None
+    progress: float | None = 10.0
     callbacks: Sequence[Callback] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -193,6 +197,10 @@ class RunConfig:
             raise ConfigError("checkpoint_config must be a CheckpointConfig")
         if not isinstance(self.failure_config, FailureConfig):
             raise ConfigError("failure_config must be a FailureConfig")
+        if self.progress is not None and (isinstance(self.progress, bool) or not isinstance(
+                self.progress, int | float) or not self.progress > 0):
+            raise ConfigError(f"progress={self.progress!r} is invalid: use seconds between "
+                              "summaries (> 0), or None for none")
         object.__setattr__(self, "callbacks", tuple(self.callbacks))
         for callback in self.callbacks:
             if not isinstance(callback, Callback):

@@ -14,7 +14,14 @@ import mlflow
 import pytest
 
 from prefect_tune.flows import MLflowLoggerCallback, TuneConfig, Tuner, grid_search
-from prefect_tune.storage import Callback, FailureConfig, RunConfig, TrialOutcome, TrialSpec
+from prefect_tune.storage import (
+    Callback,
+    ConfigError,
+    FailureConfig,
+    RunConfig,
+    TrialOutcome,
+    TrialSpec,
+)
 from prefect_tune.tasks import report
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -62,7 +69,8 @@ def waits_to_be_seen(config: dict[str, Any]) -> None:
         raise RuntimeError("diverged")
 
 
-def sweep(tmp_path: Path, callbacks: list[Callback], isolation: str = "process") -> Any:
+def sweep(tmp_path: Path, callbacks: list[Callback], isolation: str = "process",
+          **run: Any) -> Any:
     seen = tmp_path / "seen"
     seen.mkdir(exist_ok=True)
     return Tuner(
@@ -70,7 +78,7 @@ def sweep(tmp_path: Path, callbacks: list[Callback], isolation: str = "process")
         tune_config=TuneConfig(metric="loss", mode="min", isolation=isolation),
         run_config=RunConfig(name="cb", storage_path=str(tmp_path / "runs"),
                              callbacks=callbacks,
-                             failure_config=FailureConfig(max_failures=0)),
+                             failure_config=FailureConfig(max_failures=0), **run),
     ).fit()
 
 
@@ -135,8 +143,32 @@ def test_mlflow_gets_one_run_per_trial_with_params_metrics_and_status(tmp_path: 
 
 
 def test_callbacks_must_be_callbacks() -> None:
-    from prefect_tune.storage import ConfigError
-
     with pytest.raises(ConfigError, match="is not a Callback"):
         RunConfig(callbacks=[print])  # type: ignore[list-item]
     assert os.environ.get("MLFLOW_TRACKING_URI") is None
+
+
+def test_the_sweep_logs_each_trial_end_and_a_summary_with_the_best_trial(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    grid = sweep(tmp_path, [Recorder()], "thread", progress=0.05)
+    t0, t1 = (r.outcome.trial_name for r in grid)
+    lines = [r.getMessage() for r in caplog.records if r.name == "prefect.flow_runs"]
+    best = f"best loss=2 ({t0}: i=0, seen={str(tmp_path / 'seen')[:40]})"
+
+    assert f"trial {t0} terminated after 3 reports, loss=2; 1 of 2 trials done; {best}" \
+        in lines
+    assert f"trial {t1} errored after 3 reports, loss=12; 2 of 2 trials done; {best}" in lines
+    summaries = [line for line in lines if line.startswith("sweep cb after ")]
+    assert summaries and summaries[-1].endswith(f": 1 terminated, 1 errored; {best}")
+    assert any("; running: " in line for line in summaries)  # while trials ran
+    # the watcher thread talks to the session's server, never to one of its own
+    assert "Starting temporary server" not in caplog.text
+
+
+def test_progress_none_logs_no_summary(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                       ) -> None:
+    sweep(tmp_path, [Recorder()], "thread", progress=None)
+    assert not [r for r in caplog.records if r.getMessage().startswith("sweep cb after ")]
+    with pytest.raises(ConfigError, match="progress=0 is invalid"):
+        RunConfig(progress=0)

@@ -1,0 +1,116 @@
+"""`ProgressReporter`: how a sweep is doing, in its log while it runs.
+
+A line when each trial ends (its metric, how many trials are done, the best so far) and
+a summary every `RunConfig(progress=...)` seconds while trials report: counts by status,
+elapsed time, the best trial with its metric and config, and each running trial's
+latest metric and iteration. Lines go to the flow run's log, so they reach the
+terminal of `Tuner.fit()`, a worker's log and the Prefect UI alike.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from prefect import get_run_logger
+
+from prefect_tune.storage import Callback, TrialOutcome, TrialSpec, TrialStatus
+from prefect_tune.storage.records import flatten
+
+#: How a summary names each status.
+WORDS = {TrialStatus.PENDING: "pending", TrialStatus.RUNNING: "running",
+         TrialStatus.TERMINATED: "terminated", TrialStatus.ERROR: "errored",
+         TrialStatus.STOPPED: "stopped", TrialStatus.PAUSED: "paused"}
+
+
+class ProgressReporter(Callback):
+    """Logs the sweep's progress; `metric` and `mode` (None: no best) rank trials by
+    their latest values,
+    `every` is the seconds between summaries, `total` the trial budget (None: none)."""
+
+    def __init__(self, metric: str | None, mode: str | None, every: float,
+                 total: int | None = None) -> None:
+        self.metric, self.mode, self.every, self.total = metric, mode, every, total
+        self.logger = get_run_logger()
+        self.began = self.last = time.monotonic()
+        self.experiment = ""
+        self.status: dict[str, str] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.names: dict[str, TrialSpec] = {}
+
+    def setup(self, experiment: str, path: str) -> None:
+        self.experiment = experiment
+
+    def on_trial_start(self, trial: TrialSpec) -> None:
+        self.names[trial.trial_id] = trial
+        self.status[trial.trial_id] = "running"
+
+    def on_trial_result(self, trial: TrialSpec, result: dict[str, Any]) -> None:
+        self.latest[trial.trial_id] = result
+        self.status[trial.trial_id] = "running"
+        if time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            self.logger.info("%s", self.summary())
+
+    def on_trial_complete(self, trial: TrialSpec, outcome: TrialOutcome) -> None:
+        self._ended(trial, outcome)
+
+    def on_trial_error(self, trial: TrialSpec, outcome: TrialOutcome) -> None:
+        self._ended(trial, outcome)
+
+    def on_experiment_end(self, results: Any) -> None:
+        self.logger.info("%s", self.summary())
+
+    def _ended(self, trial: TrialSpec, outcome: TrialOutcome) -> None:
+        self.status[trial.trial_id] = WORDS[outcome.status]
+        if outcome.last_metrics:
+            self.latest[trial.trial_id] = dict(outcome.last_metrics)
+        value = self._value(outcome.last_metrics)
+        done = sum(s != "running" for s in self.status.values())
+        metric = f", {self.metric}={value:.6g}" if value is not None else ""
+        of = f" of {self.total}" if self.total else ""
+        self.logger.info("trial %s %s after %d reports%s; %d%s trials done%s",
+                         trial.trial_name, WORDS[outcome.status], outcome.num_reports,
+                         metric, done, of, self._best())
+
+    def summary(self) -> str:
+        """Counts by status, elapsed time, the best trial and the running trials."""
+        counts: dict[str, int] = {}
+        for status in self.status.values():
+            counts[status] = counts.get(status, 0) + 1
+        order = ["running", *(WORDS[s] for s in TrialStatus if s is not TrialStatus.RUNNING)]
+        parts = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+        running = [f"{self.names[t].trial_name} {self._point(t)}"
+                   for t, s in self.status.items() if s == "running" and t in self.latest]
+        return (f"sweep {self.experiment} after {time.monotonic() - self.began:.0f} s: "
+                f"{parts or 'no trial yet'}{self._best()}"
+                + (f"; running: {'; '.join(running)}" if running else ""))
+
+    def _best(self) -> str:
+        """The best trial by its latest value (as get_best_result ranks, by default)."""
+        scored = [(v, t) for t, row in self.latest.items()
+                  if (v := self._value(row)) is not None]
+        if not scored or self.mode not in ("min", "max"):
+            return ""
+        value, best = (min if self.mode == "min" else max)(scored, key=lambda s: s[0])
+        trial = self.names[best]
+        config = ", ".join(f"{k}={_short(v)}" for k, v in flatten(trial.config).items())
+        return f"; best {self.metric}={value:.6g} ({trial.trial_name}: {config})"
+
+    def _point(self, trial: str) -> str:
+        row = self.latest[trial]
+        value = self._value(row)
+        shown = f"{self.metric}={value:.6g} " if value is not None else ""
+        return f"{shown}at iteration {row.get('training_iteration')}"
+
+    def _value(self, metrics: Any) -> float | None:
+        value = flatten(metrics).get(self.metric) if self.metric and metrics else None
+        if isinstance(value, int | float) and not isinstance(value, bool) and \
+                math.isfinite(value):
+            return float(value)
+        return None
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)[:40]
