@@ -25,6 +25,7 @@ FULL = {
     "asha": [],
     "pbt": [],
     "search": [],
+    "watch": [],
     "pause": [],
 }
 QUICK = {
@@ -38,6 +39,7 @@ QUICK = {
     "asha": ["--seeds", "1", "--variants", "tune", "tune-fifo", "--loop", "0"],
     "pbt": ["--seeds", "1", "--variants", "tune", "--loop", "0"],
     "search": ["--seeds", "1", "--trials", "12", "--variants", "optuna", "tune"],
+    "watch": ["--runs", "1", "--trials", "4", "--iterations", "3"],
     "pause": ["--runs", "1"],
 }
 

@@ -23,6 +23,7 @@ from prefect_tune.flows.experiments import (
 from prefect_tune.flows.sweep import load_trainable
 from prefect_tune.flows.tuner import Tuner
 from prefect_tune.storage import ConfigError, SweepError, resolve_storage
+from prefect_tune.tasks.bookkeeping import records_json
 
 app = cyclopts.App(
     name="prefect-tune",
@@ -194,8 +195,7 @@ def export(
                 f"--format parquet needs pyarrow ({exc}); pip install 'prefect-tune[parquet]'"
             ) from None
         return
-    text = frame.to_csv(index=False) if format == "csv" else \
-        frame.to_json(orient="records", indent=2)
+    text = frame.to_csv(index=False) if format == "csv" else records_json(frame)
     if output is None:
         sys.stdout.write(text)
     else:

@@ -86,10 +86,17 @@ def read_record(store: ExperimentStore, path: str | os.PathLike[str] | None = No
     try:
         return store.read_experiment()
     except FileNotFoundError:
+        where = os.fspath(path) if path else store.path
+        inside = [e.name for e in list_experiments(store.storage.at(store.layout.root))]
+        if inside:
+            shown = ", ".join(inside[:3]) + (", ..." if len(inside) > 3 else "")
+            raise ConfigError(
+                f"{where} is a storage root with {len(inside)} experiments ({shown}), not "
+                f"an experiment: list them with prefect-tune ls {where}, or pass one, "
+                f"{where.rstrip('/')}/<name>") from None
         raise ConfigError(
-            f"no experiment at {os.fspath(path) if path else store.path!r} "
-            f"({store.path}/{EXPERIMENT_STATE} does "
-            "not exist); pass the directory a sweep wrote: <storage_path>/<name>"
+            f"no experiment at {where!r} ({store.path}/{EXPERIMENT_STATE} does not "
+            "exist); pass the directory a sweep wrote: <storage_path>/<name>"
         ) from None
 
 

@@ -6,7 +6,7 @@ import json
 import re
 import time
 from collections import Counter
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 import pandas as pd
@@ -37,7 +37,19 @@ def artifact_key(experiment: str, kind: str) -> str:
 def write_results(store: ExperimentStore, frame: pd.DataFrame) -> None:
     """Write results.csv and results.json (a JSON array of rows), each atomically."""
     store.write_file(RESULTS_CSV, frame.to_csv(index=False).encode())
-    store.write_file(RESULTS_JSON, frame.to_json(orient="records", indent=2).encode())
+    store.write_file(RESULTS_JSON, records_json(frame).encode())
+
+
+def records_json(frame: pd.DataFrame) -> str:
+    """The rows of `frame` as a JSON array: floats at full precision, "/" as it is
+    (pandas' writer rounds to 10 digits and escapes it), missing values as null."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return json.dumps(rows, indent=2, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds; anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 class Progress:

@@ -301,3 +301,43 @@ def test_ls_and_best_read_an_experiment_on_s3(
     best = grid.get_best_result()
     assert printed.stdout.strip() == grid.best_checkpoint(best).path
     assert printed.stdout.startswith(f"{s3.url}/on-s3/")
+
+
+def exact(config: dict[str, float]) -> None:
+    from prefect_tune.tasks import report
+
+    report({"loss": config["x"] / 3, "nested": {"acc": 0.1234567890123456789}})
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_json_results_keep_full_precision_and_plain_slashes(
+    tmp_path: Path, prefect_server: str
+) -> None:
+    """results.json and `export --format json` hold every float as Python prints it
+    (17 significant digits where needed) and nested names as "nested/acc"."""
+    grid = Tuner(exact, param_space={"x": grid_search([1.0, 2.0])},
+                 tune_config=TuneConfig(isolation="thread"),
+                 run_config=RunConfig(name="exact", storage_path=str(tmp_path))).fit()
+    stored = (tmp_path / "exact" / "results.json").read_text()
+    done = run_cli("export", str(tmp_path / "exact"), "--format", "json", api=prefect_server)
+
+    assert done.returncode == 0, done.stderr
+    for text in (stored, done.stdout):
+        assert "\\/" not in text and '"nested/acc": 0.12345678901234568' in text
+        rows = {row["trial_id"]: row for row in json.loads(text)}
+        for result in grid:
+            assert rows[result.trial_id]["loss"] == result.metrics["loss"]  # bit for bit
+    assert json.loads(done.stdout) == json.loads(stored)
+
+
+def test_show_of_a_storage_root_says_so_and_suggests_ls(
+    experiment: Path, prefect_server: str
+) -> None:
+    root = experiment.parent
+    done = run_cli("show", str(root), api=prefect_server)
+
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [(
+        f"prefect-tune: error: {root} is a storage root with 1 experiments ({experiment.name}),"
+        f" not an experiment: list them with prefect-tune ls {root}, or pass one, "
+        f"{root}/<name>")]
