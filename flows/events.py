@@ -94,5 +94,6 @@ class SweepEvents(Callback):
         return None
 
     def _emit(self, name: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
-        emit_event(f"{PREFIX}.{name}", resource=resource, related=self.related,
-                   payload=payload)
+        related = [r for r in self.related
+                   if r["prefect.resource.id"] != resource["prefect.resource.id"]]
+        emit_event(f"{PREFIX}.{name}", resource=resource, related=related, payload=payload)
