@@ -12,14 +12,13 @@ carries the experiment, trial and metric in its payload.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from prefect_tune.storage import Callback, TrialOutcome, TrialSpec, TrialStatus
-from prefect_tune.storage.records import flatten
+from prefect_tune.storage.ranking import value_of
 
 PREFIX = "prefect-tune"
 
@@ -87,11 +86,7 @@ class SweepEvents(Callback):
                 "trial_name": trial.trial_name, "config": dict(trial.config)}
 
     def _value(self, metrics: Any) -> float | None:
-        value = flatten(metrics).get(self.metric) if self.metric and metrics else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and \
-                math.isfinite(value):
-            return float(value)
-        return None
+        return value_of(metrics, self.metric)
 
     def _emit(self, name: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
         related = [r for r in self.related

@@ -27,6 +27,7 @@ from prefect_tune.flows.search_space import (
 )
 from prefect_tune.flows.searcher import RestoredState, Searcher
 from prefect_tune.storage import ConfigError
+from prefect_tune.storage.ranking import value_of
 from prefect_tune.storage.records import flatten
 
 #: Samplers by the name experiment.json and the deployable flow use.
@@ -112,7 +113,7 @@ class OptunaSearch(Searcher):
         trial = self._trials.pop(trial_id, None)
         if trial is None:
             return
-        value = _value(result, self.metric)
+        value = value_of(result, self.metric)
         if error or value is None:
             self._study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
         else:
@@ -137,7 +138,7 @@ class OptunaSearch(Searcher):
             self._trials[trial_id] = self._study.ask(self._distributions)
             return
         states = self._optuna.trial.TrialState
-        value, point = _value(result, self.metric), _point(result, self.metric)
+        value, point = value_of(result, self.metric), _point(result, self.metric)
         if state == "complete" and value is None:
             state = "error"
         self._study.add_trial(self._optuna.trial.create_trial(
@@ -205,15 +206,9 @@ def unflatten(space: Mapping[str, Any], params: Mapping[str, Any], prefix: str =
     return config
 
 
-def _value(result: Mapping[str, Any] | None, metric: str | None) -> float | None:
-    value = flatten(result).get(metric) if result and metric else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else None
-
-
 def _point(result: Mapping[str, Any] | None, metric: str | None) -> tuple[int, float] | None:
     """(training_iteration, metric) of a result, if it has both."""
-    value = _value(result, metric)
+    value = value_of(result, metric)
     step = flatten(result).get("training_iteration") if result else None
     if value is None or not isinstance(step, int):
         return None

@@ -9,13 +9,13 @@ terminal of `Tuner.fit()`, a worker's log and the Prefect UI alike.
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any
+from typing import Any, cast
 
 from prefect import get_run_logger
 
 from prefect_tune.storage import Callback, TrialOutcome, TrialSpec, TrialStatus
+from prefect_tune.storage.ranking import Order, best_by, value_of
 from prefect_tune.storage.records import flatten
 
 #: How a summary names each status.
@@ -89,12 +89,13 @@ class ProgressReporter(Callback):
 
     def _best(self) -> str:
         """The best trial by its latest value (as get_best_result ranks, by default)."""
-        scored = [(v, t) for t, row in self.latest.items()
-                  if (v := self._value(row)) is not None]
-        if not scored or self.mode not in ("min", "max"):
+        if self.mode not in ("min", "max"):
             return ""
-        value, best = (min if self.mode == "min" else max)(scored, key=lambda s: s[0])
-        trial = self.names[best]
+        best = best_by(((self._value(row), t) for t, row in self.latest.items()),
+                       cast(Order, self.mode))
+        if best is None:
+            return ""
+        trial, value = self.names[best], cast(float, self._value(self.latest[best]))
         config = ", ".join(f"{k}={_short(v)}" for k, v in flatten(trial.config).items())
         return f"; best {self.metric}={value:.6g} ({trial.trial_name}: {config})"
 
@@ -105,11 +106,7 @@ class ProgressReporter(Callback):
         return f"{shown}at iteration {row.get('training_iteration')}"
 
     def _value(self, metrics: Any) -> float | None:
-        value = flatten(metrics).get(self.metric) if self.metric and metrics else None
-        if isinstance(value, int | float) and not isinstance(value, bool) and \
-                math.isfinite(value):
-            return float(value)
-        return None
+        return value_of(metrics, self.metric)
 
 
 def _short(value: Any) -> str:

@@ -45,6 +45,16 @@ def score_of(metrics: Mapping[str, Any], attribute: str) -> float | None:
         ) from None
 
 
+def value_of(metrics: Mapping[str, Any] | None, metric: str | None) -> float | None:
+    """The finite numeric value of `metric` ("a/b" for nested) in `metrics`; None if it
+    is missing, not a number, NaN or infinite (for watching, never raises)."""
+    value = flatten(metrics).get(metric) if metrics and metric else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and \
+            math.isfinite(value):
+        return float(value)
+    return None
+
+
 def rank_key(score: float | None, order: str) -> tuple[bool, float]:
     """Sort key where larger is better; NaN and missing rank below every real score."""
     if score is None or math.isnan(score):
