@@ -116,10 +116,11 @@ def test_a_failing_callback_is_logged_and_costs_the_sweep_nothing(
 
 def test_mlflow_gets_one_run_per_trial_with_params_metrics_and_status(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)  # artifacts under tmp_path, not MLflow's ./mlruns
+    client.create_experiment("cb", artifact_location=(tmp_path / "artifacts").as_uri())
     grid = sweep(tmp_path, [MLflowLoggerCallback(uri, tags={"team": "vision"},
                                                  save_artifact=True), Recorder()])
 
-    client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("cb")
     runs = {r.data.tags["trial_id"]: r for r in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == sorted(r.trial_id for r in grid)
@@ -138,6 +139,7 @@ def test_mlflow_gets_one_run_per_trial_with_params_metrics_and_status(tmp_path: 
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"params.json", "result.json", "trial.json"} <= artifacts
     assert "sqlite" not in repr(MLflowLoggerCallback(uri))
+    assert not (Path.cwd() / "mlruns").exists()  # nothing outside the test's directory
     assert not [p for p in Path(grid.experiment_path).rglob("*") if p.is_file()
                 and uri in p.read_text(errors="ignore")]
 
