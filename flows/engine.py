@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from prefect_tune.flows.curves import CurveBoard
 from prefect_tune.flows.events import SweepEvents
 from prefect_tune.flows.pausing import Planner, planner_for
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
@@ -30,6 +32,7 @@ from prefect_tune.flows.results import Result, ResultGrid, metric_column
 from prefect_tune.flows.suggest import Suggestions, replay
 from prefect_tune.flows.watch import Watcher
 from prefect_tune.storage import (
+    Callback,
     ConfigError,
     ExperimentBusy,
     ExperimentStore,
@@ -147,16 +150,18 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     )
     outcomes = {o.trial_id: o for o in trials.kept + trials.stopped}
     failed_fast = False
-    progress_log = [] if run.progress is None else \
-        [ProgressReporter(tune.metric, tune.mode, run.progress, source.budget)]
-    watcher = Watcher(store, [SweepEvents(tune.metric, tune.mode), *progress_log,
-                              *run.callbacks])
+    shown: list[Callback] = [SweepEvents(tune.metric, tune.mode)]
+    if run.progress is not None:
+        shown.append(ProgressReporter(tune.metric, tune.mode, run.progress, source.budget))
+    if tune.metric and tune.mode:
+        shown.append(CurveBoard(tune.metric, tune.mode))
+    watcher = Watcher(store, [*shown, *run.callbacks])
     try:
         for outcome in _run_window(plan, trial_task, trial_plan, planner, source, watcher):
             outcomes[outcome.trial_id] = outcome
             source.ended(outcome)
             watcher.ended(outcome)
-            progress.advance(len(outcomes))
+            progress.advance(len(outcomes), _counts(outcomes.values(), watcher.running))
             if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
                     and not stop.is_set():
                 logger.error("fail_fast: trial %s failed; stopping the sweep",
@@ -174,7 +179,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         for item in source.rest():
             outcomes[item.spec.trial_id] = _record(store, item, TrialStatus.STOPPED)
     specs = (*record.trials, *source.added)
-    progress.finish()
+    progress.finish(_counts(outcomes.values(), 0))
     grid = ResultGrid([Result(outcomes[spec.trial_id], store) for spec in specs],
                       store.path, tune.metric, tune.mode, plan.ranking)
     frame = grid.get_dataframe()
@@ -186,6 +191,14 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     watcher.finish(grid)
     logger.info("sweep %s finished: %s; results in %s", plan.name, describe(grid), store.path)
     return grid
+
+
+def _counts(outcomes: Iterable[TrialOutcome], running: int) -> str:
+    """How many trials run, ended and paused: the progress artifact's description."""
+    statuses = Counter(o.status for o in outcomes)
+    return (f"{running} running, {statuses[TrialStatus.TERMINATED]} terminated, "
+            f"{statuses[TrialStatus.ERROR]} errored, {statuses[TrialStatus.STOPPED]} stopped, "
+            f"{statuses[TrialStatus.PAUSED]} paused")
 
 
 def describe(grid: ResultGrid) -> str:

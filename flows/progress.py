@@ -96,7 +96,7 @@ class ProgressReporter(Callback):
         if best is None:
             return ""
         trial, value = self.names[best], cast(float, self._value(self.latest[best]))
-        config = ", ".join(f"{k}={_short(v)}" for k, v in flatten(trial.config).items())
+        config = ", ".join(f"{k}={short_value(v)}" for k, v in flatten(trial.config).items())
         return f"; best {self.metric}={value:.6g} ({trial.trial_name}: {config})"
 
     def _point(self, trial: str) -> str:
@@ -109,5 +109,6 @@ class ProgressReporter(Callback):
         return value_of(metrics, self.metric)
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A config value as a summary shows it: floats to 4 digits, the rest cut at 40."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)[:40]

@@ -46,6 +46,11 @@ class Watcher:
                                         name="sweep-watcher", daemon=True)
         self._thread.start()
 
+    @property
+    def running(self) -> int:
+        """How many trials run now (submitted, not ended)."""
+        return len(self._running)
+
     def started(self, trial: TrialSpec) -> None:
         """A segment (or the first run) of `trial` was submitted."""
         with self._lock:

@@ -55,8 +55,8 @@ def _plain(value: Any) -> Any:
 class Progress:
     """The sweep's progress artifact. Updated at most every PROGRESS_SECONDS, and always
     when the last trial finishes: an API call per finished trial would cost more than a
-    tiny trial does. Without a `total` (a search without a trial budget) it shows 0
-    until `finish`."""
+    tiny trial does. Its description counts the trials by status. Without a `total` (a
+    search without a trial budget) it shows 0% until `finish`."""
 
     def __init__(self, experiment: str, total: int | None) -> None:
         self.total = None if total is None else max(total, 1)
@@ -66,16 +66,18 @@ class Progress:
         ))
         self._last = time.monotonic()
 
-    def advance(self, done: int) -> None:
+    def advance(self, done: int, counts: str) -> None:
+        """`done` trials ended; `counts` says how many run, ended and paused."""
         now = time.monotonic()
-        if self.total is not None and (done >= self.total
-                                       or now - self._last >= PROGRESS_SECONDS):
-            update_progress_artifact(self.artifact_id, min(100.0, 100.0 * done / self.total))
+        if now - self._last >= PROGRESS_SECONDS or self.total is not None and \
+                done >= self.total:
+            share = 0.0 if self.total is None else min(100.0, 100.0 * done / self.total)
+            update_progress_artifact(self.artifact_id, share, description=counts)
             self._last = now
 
-    def finish(self) -> None:
+    def finish(self, counts: str) -> None:
         """The sweep ended: every trial it will run has."""
-        update_progress_artifact(self.artifact_id, 100.0)
+        update_progress_artifact(self.artifact_id, 100.0, description=counts)
 
 
 def publish_results(
