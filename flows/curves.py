@@ -58,7 +58,8 @@ class CurveBoard(Callback):
             self.publish()
 
     def on_trial_complete(self, trial: TrialSpec, outcome: TrialOutcome) -> None:
-        self.status[trial.trial_id] = outcome.status.value.lower()
+        self.status[trial.trial_id] = "stopped early" if outcome.stopped_early else \
+            outcome.status.value.lower()
 
     def on_trial_error(self, trial: TrialSpec, outcome: TrialOutcome) -> None:
         self.status[trial.trial_id] = "errored"

@@ -20,7 +20,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from prefect_tune.flows import TuneConfig, Tuner, grid_search
 from prefect_tune.flows.curves import PALETTE, CurveBoard
-from prefect_tune.storage import RunConfig, TrialSpec
+from prefect_tune.storage import RunConfig, TrialOutcome, TrialSpec, TrialStatus
 from prefect_tune.tasks import report
 
 from ..deployments.test_deployments import CHROMIUM, render
@@ -48,7 +48,11 @@ def test_the_chart_draws_every_trial_and_the_best_thicker() -> None:
         for step in range(1, 4):
             board.on_trial_result(trial, {"training_iteration": step, "loss": 5.0 - step - i})
 
+    board.on_trial_complete(TrialSpec("t0", "trial_0", {"i": 0}), TrialOutcome(
+        "t0", "trial_0", {"i": 0}, TrialStatus.TERMINATED, stopped_early="outside rung 3"))
+
     text = board.markdown()
+    assert "| trial_0 | stopped early | 3 |" in text
     chart, *rows = svgs(text)
     assert len(rows) == 3  # a small curve per trial in the table
     assert chart.count("<polyline") == 3
