@@ -283,8 +283,10 @@ def test_prefect_records_flow_run_task_runs_and_artifacts(tmp_path: Path) -> Non
         artifacts = {a.key: a for a in found if a.key}
     assert set(artifacts) == {
         "prefect-side-1-progress", "prefect-side-1-results", "prefect-side-1-summary",
+        "prefect-side-1-curves",
     }
     assert artifacts["prefect-side-1-progress"].data == 100.0
+    assert "data:image/svg+xml;base64," in str(artifacts["prefect-side-1-curves"].data)
     table = artifacts["prefect-side-1-results"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert [row["loss"] for row in table] == [1.0, 3.0]  # best first
