@@ -161,7 +161,8 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
             outcomes[outcome.trial_id] = outcome
             source.ended(outcome)
             watcher.ended(outcome)
-            progress.advance(len(outcomes), _counts(outcomes.values(), watcher.running))
+            progress.advance(len(outcomes),
+                             lambda: _counts(outcomes.values(), watcher.running))
             if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
                     and not stop.is_set():
                 logger.error("fail_fast: trial %s failed; stopping the sweep",

@@ -15,7 +15,7 @@ from typing import Any, cast
 from prefect import get_run_logger
 
 from prefect_tune.storage import Callback, TrialOutcome, TrialSpec, TrialStatus
-from prefect_tune.storage.ranking import Order, best_by, value_of
+from prefect_tune.storage.ranking import Order, best_by, rank_key, value_of
 from prefect_tune.storage.records import flatten
 
 #: How a summary names each status.
@@ -26,8 +26,9 @@ WORDS = {TrialStatus.PENDING: "pending", TrialStatus.RUNNING: "running",
 
 class ProgressReporter(Callback):
     """Logs the sweep's progress; `metric` and `mode` (None: no best) rank trials by
-    their latest values,
-    `every` is the seconds between summaries, `total` the trial budget (None: none)."""
+    their latest values, `every` is the seconds between summaries, `total` the trial
+    budget (None: none). Each trial's end costs O(1): the best trial and the count of
+    ended ones are kept up to date, not recounted."""
 
     def __init__(self, metric: str | None, mode: str | None, every: float,
                  total: int | None = None) -> None:
@@ -38,6 +39,8 @@ class ProgressReporter(Callback):
         self.status: dict[str, str] = {}
         self.latest: dict[str, dict[str, Any]] = {}
         self.names: dict[str, TrialSpec] = {}
+        self.ended: set[str] = set()
+        self.best: str | None = None
 
     def setup(self, experiment: str, path: str) -> None:
         self.experiment = experiment
@@ -47,7 +50,7 @@ class ProgressReporter(Callback):
         self.status[trial.trial_id] = "running"
 
     def on_trial_result(self, trial: TrialSpec, result: dict[str, Any]) -> None:
-        self.latest[trial.trial_id] = result
+        self._note(trial.trial_id, result)
         self.status[trial.trial_id] = "running"
         if time.monotonic() - self.last >= self.every:
             self.last = time.monotonic()
@@ -64,10 +67,11 @@ class ProgressReporter(Callback):
 
     def _ended(self, trial: TrialSpec, outcome: TrialOutcome) -> None:
         self.status[trial.trial_id] = WORDS[outcome.status]
+        self.ended.add(trial.trial_id)
         if outcome.last_metrics:
-            self.latest[trial.trial_id] = dict(outcome.last_metrics)
+            self._note(trial.trial_id, dict(outcome.last_metrics))
         value = self._value(outcome.last_metrics)
-        done = sum(s != "running" for s in self.status.values())
+        done = len(self.ended)
         metric = f", {self.metric}={value:.6g}" if value is not None else ""
         of = f" of {self.total}" if self.total else ""
         self.logger.info("trial %s %s after %d reports%s; %d%s trials done%s",
@@ -87,15 +91,26 @@ class ProgressReporter(Callback):
                 f"{parts or 'no trial yet'}{self._best()}"
                 + (f"; running: {'; '.join(running)}" if running else ""))
 
+    def _note(self, trial: str, row: dict[str, Any]) -> None:
+        """`trial`'s latest row is `row`: keep the best trial by latest value (a rescan
+        only when the best one's own value got worse)."""
+        before = self._value(self.latest[self.best]) if self.best else None
+        self.latest[trial] = row
+        value = self._value(row)
+        if self.mode not in ("min", "max") or value is None and trial != self.best:
+            return
+        order = cast(Order, self.mode)
+        if value is not None and (before is None or value == before and trial == self.best
+                                  or rank_key(value, order) > rank_key(before, order)):
+            self.best = trial
+        elif trial == self.best:  # the leader fell back: find the new one
+            self.best = best_by(((self._value(r), t) for t, r in self.latest.items()), order)
+
     def _best(self) -> str:
         """The best trial by its latest value (as get_best_result ranks, by default)."""
-        if self.mode not in ("min", "max"):
+        if self.best is None:
             return ""
-        best = best_by(((self._value(row), t) for t, row in self.latest.items()),
-                       cast(Order, self.mode))
-        if best is None:
-            return ""
-        trial, value = self.names[best], cast(float, self._value(self.latest[best]))
+        trial, value = self.names[self.best], cast(float, self._value(self.latest[self.best]))
         config = ", ".join(f"{k}={short_value(v)}" for k, v in flatten(trial.config).items())
         return f"; best {self.metric}={value:.6g} ({trial.trial_name}: {config})"
 

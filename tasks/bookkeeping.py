@@ -6,6 +6,7 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 from uuid import UUID
 
@@ -66,13 +67,15 @@ class Progress:
         ))
         self._last = time.monotonic()
 
-    def advance(self, done: int, counts: str) -> None:
-        """`done` trials ended; `counts` says how many run, ended and paused."""
+    def advance(self, done: int, counts: Callable[[], str]) -> None:
+        """`done` trials ended; `counts()` says how many run, ended and paused (asked
+        only when the artifact is updated: counting every trial at each end would cost
+        a sweep of n trials n squared)."""
         now = time.monotonic()
         if now - self._last >= PROGRESS_SECONDS or self.total is not None and \
                 done >= self.total:
             share = 0.0 if self.total is None else min(100.0, 100.0 * done / self.total)
-            update_progress_artifact(self.artifact_id, share, description=counts)
+            update_progress_artifact(self.artifact_id, share, description=counts())
             self._last = now
 
     def finish(self, counts: str) -> None:

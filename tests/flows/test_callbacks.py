@@ -178,3 +178,32 @@ def test_progress_none_logs_no_summary(tmp_path: Path, caplog: pytest.LogCapture
     assert not [r for r in caplog.records if r.getMessage().startswith("sweep cb after ")]
     with pytest.raises(ConfigError, match="progress=0 is invalid"):
         RunConfig(progress=0)
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_the_progress_log_keeps_the_best_trial_by_latest_value_as_values_come(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The best trial is kept up to date at each row (no recount per trial end) and is
+    always the one get_best_result's rule gives: the best latest value."""
+    import random
+
+    from prefect_tune.flows import progress
+    from prefect_tune.storage.ranking import best_by
+
+    monkeypatch.setattr(progress, "get_run_logger", lambda: None)
+    reporter = progress.ProgressReporter("loss", mode, every=float("inf"))
+    draw = random.Random(7)
+    for _ in range(3000):
+        trial = f"t{draw.randrange(30)}"
+        reporter.names.setdefault(trial, TrialSpec(trial, trial, {}))
+        reporter._note(trial, {"loss": draw.choice([draw.random(), None, 0.5])})
+        want = best_by(((reporter._value(row), t) for t, row in reporter.latest.items()),
+                       mode)  # type: ignore[arg-type]
+        if want is None:
+            assert reporter.best is None or reporter._value(reporter.latest[reporter.best]) \
+                is None
+        else:
+            assert reporter.best is not None
+            assert reporter._value(reporter.latest[reporter.best]) == \
+                reporter._value(reporter.latest[want])
