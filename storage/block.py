@@ -8,11 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect.blocks.core import Block
+from prefect.blocks.core import Block, UnknownBlockType
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.types import SecretDict
 from pydantic import Field, PrivateAttr
 
+from prefect_tune.storage.buckets import SUPPORTED, bucket_storage, install_hint
 from prefect_tune.storage.errors import ConfigError
 from prefect_tune.storage.filesystem import Storage, resolve_storage
 
@@ -83,7 +84,12 @@ class TuneStorage(WritableFileSystem):
 def storage_from_block(block: Any) -> Storage:
     """Resolve a saved block name ("slug/name") or a block instance to a Storage.
 
-    Supported: TuneStorage, Prefect's RemoteFileSystem and LocalFileSystem.
+    Supported: TuneStorage, Prefect's RemoteFileSystem and LocalFileSystem, and the
+    S3Bucket (prefect-aws) and GcsBucket (prefect-gcp) blocks with their credentials.
+
+    Raises:
+        ConfigError: the reference is malformed, names no saved block or a block type
+            whose package is not installed, or the block is unsupported or unusable.
     """
     if isinstance(block, str):
         if "/" not in block:
@@ -93,6 +99,9 @@ def storage_from_block(block: Any) -> Storage:
             )
         try:
             block = Block.load(block)
+        except UnknownBlockType as exc:
+            hint = install_hint(block.split("/", 1)[0]) or f"{exc}; install its package"
+            raise ConfigError(f"storage_block={block!r} could not be loaded: {hint}") from exc
         except ValueError as exc:
             raise ConfigError(
                 f"storage_block={block!r} could not be loaded ({exc}); create it first, in "
@@ -106,7 +115,10 @@ def storage_from_block(block: Any) -> Storage:
         if not block.basepath:
             raise ConfigError("storage_block is a LocalFileSystem without basepath; set one")
         return resolve_storage(block.basepath)
+    storage = bucket_storage(block)
+    if storage is not None:
+        return storage
     raise ConfigError(
         f"storage_block of type {type(block).__name__} is not supported: use "
-        "TuneStorage, RemoteFileSystem or LocalFileSystem"
+        f"TuneStorage, RemoteFileSystem, LocalFileSystem, {SUPPORTED}"
     )
