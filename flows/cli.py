@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from typing import Annotated, Any, Literal
 
@@ -12,18 +13,19 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import track
 
-from prefect_tune.flows.demo import run_demo
-from prefect_tune.flows.engine import describe
+# Only what reading an experiment needs: `ls`, `show`, `best` and `export` start without
+# importing Prefect; `demo` and `restore` import it when they run.
+from prefect_tune.flows.config import stored_configs
 from prefect_tune.flows.experiments import (
     Experiment,
     list_experiments,
     open_experiment,
     read_experiment,
 )
-from prefect_tune.flows.sweep import load_trainable
-from prefect_tune.flows.tuner import Tuner
+from prefect_tune.flows.results import describe
+from prefect_tune.flows.table import trial_table
 from prefect_tune.storage import ConfigError, SweepError, resolve_storage
-from prefect_tune.tasks.bookkeeping import records_json
+from prefect_tune.storage.records import records_json
 
 app = cyclopts.App(
     name="prefect-tune",
@@ -39,6 +41,8 @@ def demo(storage_path: str | None = None, name: str | None = None) -> None:
         storage_path: Where the experiment goes; default ~/prefect_tune_results.
         name: Experiment name; default train_linear_<date>.
     """
+    from prefect_tune.flows.demo import run_demo
+
     grid = run_demo(storage_path, name)
     best = grid.get_best_result()
     print(f"experiment: {grid.experiment_path}")
@@ -104,16 +108,22 @@ def list_command(storage: str, /, *, storage_options: Options = None) -> None:
 
 @app.command
 def show(experiment: str, /, *, storage_options: Options = None) -> None:
-    """Show EXPERIMENT's trials (status, metrics, best checkpoint) and its best trial.
+    """Show EXPERIMENT's trials, best first and marked "*", values rounded (full
+    precision: `export`), as many columns as the terminal fits; then its best trial.
 
     Args:
         experiment: The experiment directory: <storage_path>/<name>.
     """
     found = open_experiment(experiment, _options(storage_options))
     _warn_missing(found)
-    frame = found.frame()
-    print(frame.astype(object).where(frame.notna(), "").to_string(index=False))
     grid = found.grid()
+    width = shutil.get_terminal_size((100, 24)).columns
+    tune = stored_configs(found.record)[0]
+    for line in trial_table(grid, tune.metric, tune.mode, width):
+        print(line)
+    for error in grid:
+        if error.outcome.error_summary:
+            print(f"{error.trial_id} failed: {error.outcome.error_summary}"[:width])
     print(describe(grid))
     best = grid.summary().get("best")
     if best:
@@ -156,6 +166,9 @@ def restore(
         resume_errored: Also resume errored trials from their latest checkpoint.
         restart_errored: Also restart errored trials from scratch.
     """
+    from prefect_tune.flows.sweep import load_trainable
+    from prefect_tune.flows.tuner import Tuner
+
     tuner = Tuner.restore(
         experiment, load_trainable(trainable), resume_errored=resume_errored,
         restart_errored=restart_errored, storage_options=_options(storage_options),
@@ -210,10 +223,17 @@ def _warn_missing(found: Experiment) -> None:
 
 
 def main() -> None:
-    """Entry point: errors are one clear line and a non-zero exit code."""
-    # Offline machines: without this, the ephemeral server (a subprocess started by the
-    # first flow run) fails its telemetry call noisily.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    """Entry point: errors are one clear line and a non-zero exit code.
+
+    Prefect's anonymous usage analytics are off for these commands (its client notice
+    and the ephemeral server's calls, which fail noisily offline) unless the user set
+    DO_NOT_TRACK or PREFECT_SERVER_ANALYTICS_ENABLED: set before Prefect is imported,
+    which only `demo` and `restore` do.
+    """
+    if "DO_NOT_TRACK" not in os.environ and \
+            "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
+        os.environ["DO_NOT_TRACK"] = "1"
+        os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     try:
         app()
     except SweepError as exc:

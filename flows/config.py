@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
-
-from prefect.task_runners import TaskRunner
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect_tune.flows.schedulers import (
     ASHAScheduler,
@@ -18,8 +16,18 @@ from prefect_tune.flows.schedulers import (
     scheduler_from_json,
 )
 from prefect_tune.flows.search import BasicVariantGenerator, Searcher, searcher_from_json
-from prefect_tune.storage import ConfigError
+from prefect_tune.storage import (
+    CheckpointConfig,
+    ConfigError,
+    FailureConfig,
+    Ranking,
+    StorageError,
+)
+from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks.plan import Resources
+
+if TYPE_CHECKING:  # Prefect is imported where a sweep runs, not where one is read
+    from prefect.task_runners import TaskRunner
 
 SCHEDULERS = (ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule,
               PopulationBasedTraining)
@@ -51,6 +59,11 @@ class TuneConfig:
             every tagged task run, a round trip that waits behind the server's event
             processing: on Prefect's ephemeral server, 1,000 tiny trials took 34 s tagged
             and 12 s untagged. Turn it off for sweeps of many short trials.
+        trial_cards: Put a card on each trial's task run for each attempt (a markdown
+            artifact: config, how the attempt ended, its last result). Posted by a
+            background thread, but each costs Prefect's server about 8 ms of work (see
+            the README's Performance): turn it off for sweeps of many trials that last
+            under a second.
         resources_per_trial: {"cpu": n, "gpu": m} each trial needs (see `with_resources`,
             which attaches the same to a trainable; this setting wins). Stored with the
             experiment.
@@ -77,6 +90,7 @@ class TuneConfig:
     seed: int | None = None
     isolation: Literal["process", "spawn", "thread"] = "process"
     tag_trials: bool = True
+    trial_cards: bool = True
     resources_per_trial: Mapping[str, float] | None = None
     scheduler: Scheduler | None = None
     search_alg: Searcher | None = field(default=None, compare=False)
@@ -136,15 +150,20 @@ class TuneConfig:
                 f"search_alg={self.search_alg!r} is not a searcher; use one of "
                 "prefect_tune.flows.search (OptunaSearch, BasicVariantGenerator, "
                 "ConcurrencyLimiter, Repeater) or a subclass of Searcher")
+        for name in ("tag_trials", "trial_cards"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.isolation not in ("process", "spawn", "thread"):
             raise ConfigError(
                 f'isolation={self.isolation!r} is invalid: use "process", "spawn" or "thread"'
             )
-        if self.task_runner is not None and not isinstance(self.task_runner, TaskRunner):
-            raise ConfigError(
-                f"task_runner={self.task_runner!r} is not a Prefect task runner; pass one "
-                "such as prefect_dask.DaskTaskRunner(address=...)"
-            )
+        if self.task_runner is not None:
+            from prefect.task_runners import TaskRunner
+            if not isinstance(self.task_runner, TaskRunner):
+                raise ConfigError(
+                    f"task_runner={self.task_runner!r} is not a Prefect task runner; pass "
+                    "one such as prefect_dask.DaskTaskRunner(address=...)"
+                )
         if self.resources_per_trial is not None:
             Resources.parse(self.resources_per_trial)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
@@ -158,3 +177,36 @@ class TuneConfig:
                 "MedianStoppingRule, PopulationBasedTraining, FIFOScheduler"
             )
         self.bound_scheduler()  # a scheduler without a metric or mode fails here
+
+
+def stored_configs(record: ExperimentRecord, search_alg: Searcher | None = None, *,
+                   search: bool = False) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
+    """The settings a stored experiment was created with; with `search`, its searcher
+    too (`search_alg` if given: a custom searcher is stored by name only), else none.
+
+    Raises:
+        StorageError: a setting this version does not know or accept, naming the file.
+        ConfigError: `search` for an experiment with a custom searcher, and no
+            `search_alg`.
+    """
+    tune = dict(record.tune)
+    stored = tune.pop("search_alg", None)
+    if search and (search_alg is not None or stored is not None):
+        tune["search_alg"] = search_alg if search_alg is not None else \
+            searcher_from_json(stored)
+    try:
+        return (
+            TuneConfig(**tune),
+            CheckpointConfig(**record.run["checkpoint_config"]),
+            FailureConfig(**record.run["failure_config"]),
+        )
+    except (TypeError, KeyError, ConfigError) as exc:
+        raise StorageError(
+            f"{record.where or 'experiment.json'} holds settings this prefect-tune cannot "
+            f"use ({exc}); it was written by another version, or damaged"
+        ) from exc
+
+
+def stored_ranking(record: ExperimentRecord) -> Ranking:
+    tune, checkpoints, _ = stored_configs(record)
+    return Ranking.of(checkpoints, tune.metric, tune.mode)

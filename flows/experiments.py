@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from prefect_tune.flows.plan import stored_configs, stored_ranking
+from prefect_tune.flows.config import stored_configs, stored_ranking
 from prefect_tune.flows.results import Result, ResultGrid
 from prefect_tune.storage import (
     ConfigError,

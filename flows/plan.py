@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import Any
 
-from prefect_tune.flows.config import TuneConfig
+from prefect_tune.flows.config import TuneConfig, stored_configs
 from prefect_tune.flows.resources import (
     capacity,
     check_isolation,
@@ -22,16 +22,13 @@ from prefect_tune.flows.resources import (
     on_dask,
     resources_of,
 )
-from prefect_tune.flows.search import Searcher, searcher_from_json
+from prefect_tune.flows.search import Searcher
 from prefect_tune.flows.search_space import space_to_json
 from prefect_tune.storage import (
-    CheckpointConfig,
     ConfigError,
-    FailureConfig,
     Ranking,
     RunConfig,
     Storage,
-    StorageError,
     TrialOutcome,
     TrialSpec,
     TrialStatus,
@@ -189,39 +186,6 @@ def stop_to_json(stop: StopCondition) -> dict[str, Any] | None:
     if stop is None or isinstance(stop, Mapping):
         return None if stop is None else {"thresholds": dict(stop)}
     return {"function": getattr(stop, "__qualname__", repr(stop))}
-
-
-def stored_configs(record: ExperimentRecord, search_alg: Searcher | None = None, *,
-                   search: bool = False) -> tuple[TuneConfig, CheckpointConfig, FailureConfig]:
-    """The settings a stored experiment was created with; with `search`, its searcher
-    too (`search_alg` if given: a custom searcher is stored by name only), else none.
-
-    Raises:
-        StorageError: a setting this version does not know or accept, naming the file.
-        ConfigError: `search` for an experiment with a custom searcher, and no
-            `search_alg`.
-    """
-    tune = dict(record.tune)
-    stored = tune.pop("search_alg", None)
-    if search and (search_alg is not None or stored is not None):
-        tune["search_alg"] = search_alg if search_alg is not None else \
-            searcher_from_json(stored)
-    try:
-        return (
-            TuneConfig(**tune),
-            CheckpointConfig(**record.run["checkpoint_config"]),
-            FailureConfig(**record.run["failure_config"]),
-        )
-    except (TypeError, KeyError, ConfigError) as exc:
-        raise StorageError(
-            f"{record.where or 'experiment.json'} holds settings this prefect-tune cannot "
-            f"use ({exc}); it was written by another version, or damaged"
-        ) from exc
-
-
-def stored_ranking(record: ExperimentRecord) -> Ranking:
-    tune, checkpoints, _ = stored_configs(record)
-    return Ranking.of(checkpoints, tune.metric, tune.mode)
 
 
 def continued_settings(

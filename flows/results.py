@@ -214,7 +214,7 @@ class ResultGrid:
 
     def get_dataframe(self) -> pd.DataFrame:
         """The trial table, one row per trial, as results.csv, the results artifact and
-        `prefect-tune show` have it: trial_id, trial_name, status, config/..., the last
+        `prefect-tune export` have it: trial_id, trial_name, status, config/..., the last
         metrics (and training_iteration), best_score, num_checkpoints, best_checkpoint
         (its URI), stopped_early (why a scheduler stopped it) and error (the exception
         line)."""
@@ -274,3 +274,16 @@ def metric_column(name: str) -> str:
 
 def _cell(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def describe(grid: ResultGrid) -> str:
+    """The trial counts of `grid` in words: "4 trials: 3 terminated, 1 errored, 0
+    stopped", then the paused ones and those a scheduler stopped early, if any."""
+    counts = {s: sum(r.status is s for r in grid) for s in TrialStatus}
+    paused, early = counts[TrialStatus.PAUSED], grid.num_stopped_early
+    return (
+        f"{len(grid)} trials: {counts[TrialStatus.TERMINATED]} terminated, "
+        f"{counts[TrialStatus.ERROR]} errored, {counts[TrialStatus.STOPPED]} stopped"
+        + (f", {paused} paused" if paused else "")
+        + (f" ({early} stopped early by the scheduler)" if early else "")
+    )

@@ -5,12 +5,16 @@ Records are frozen snapshots; nothing here does I/O.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect_tune.storage.errors import MetricError
+
+if TYPE_CHECKING:  # trials read records without pandas
+    import pandas as pd
 
 #: Keys prefect-tune adds to every reported row; a trial may not report them itself.
 AUTO_KEYS = ("training_iteration", "trial_id", "timestamp", "checkpoint_dir_name")
@@ -135,3 +139,15 @@ def to_json_value(value: Any, where: str) -> Any:
         f"{where}: value {value!r} of type {type(value).__name__} cannot be written as JSON; "
         "report numbers, strings, bools, None, or lists/dicts of them"
     )
+
+
+def records_json(frame: pd.DataFrame) -> str:
+    """The rows of `frame` as a JSON array: floats at full precision, "/" as it is
+    (pandas' writer rounds to 10 digits and escapes it), missing values as null."""
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return json.dumps(rows, indent=2, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds; anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)

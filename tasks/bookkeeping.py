@@ -7,7 +7,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
 import pandas as pd
@@ -21,7 +21,7 @@ from prefect.artifacts import (
 
 from prefect_tune.storage import ExperimentStore, TrialOutcome
 from prefect_tune.storage.layout import RESULTS_CSV, RESULTS_JSON
-from prefect_tune.storage.records import flatten
+from prefect_tune.storage.records import flatten, records_json
 
 #: Least seconds between two updates of the progress artifact.
 PROGRESS_SECONDS = 1.0
@@ -39,18 +39,6 @@ def write_results(store: ExperimentStore, frame: pd.DataFrame) -> None:
     """Write results.csv and results.json (a JSON array of rows), each atomically."""
     store.write_file(RESULTS_CSV, frame.to_csv(index=False).encode())
     store.write_file(RESULTS_JSON, records_json(frame).encode())
-
-
-def records_json(frame: pd.DataFrame) -> str:
-    """The rows of `frame` as a JSON array: floats at full precision, "/" as it is
-    (pandas' writer rounds to 10 digits and escapes it), missing values as null."""
-    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return json.dumps(rows, indent=2, default=_plain)
-
-
-def _plain(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds; anything else as text."""
-    return value.item() if hasattr(value, "item") else str(value)
 
 
 class Progress:

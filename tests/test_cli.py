@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LS_COLUMNS = ("experiment", "trials", "statuses", "last update")
 
 
-def run_cli(*args: str, api: str, pythonpath: Path | None = None
+def run_cli(*args: str, api: str, pythonpath: Path | None = None, columns: int = 100
             ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PREFECT_API_URL=api)
+    env = dict(os.environ, PREFECT_API_URL=api, COLUMNS=str(columns))
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run(
@@ -127,27 +127,35 @@ def test_ls_counts_trials_by_status(experiment: Path, prefect_server: str) -> No
 
 
 def test_show_and_best_name_the_best_checkpoint(experiment: Path, prefect_server: str) -> None:
-    table = pd.read_csv(experiment / "results.csv")
-    best = table.loc[table["loss"].idxmin()]
-    shown = run_cli("show", str(experiment), api=prefect_server)
+    table = pd.read_csv(experiment / "results.csv").sort_values("loss")
+    best = table.iloc[0]
+    shown = run_cli("show", str(experiment), api=prefect_server, columns=100)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert len(lines) == 1 + len(table) + 3  # header, a row per trial, counts, the best
-    columns = lines[0].split()
-    assert sorted(columns) == sorted(table.columns)
-    rows = parse_table(lines[:-3], columns)
+    assert max(map(len, lines)) <= 100
+    # no column repeats another: the trial's name is its id with the trainable's prefix
+    assert lines[0].split() == ["trial", "status", "loss", "iter", "lr", "steps_per_epoch",
+                                "epochs", "epoch"]
+    rows = [line.split() for line in lines[1:-3]]
+    # sorted by the sweep's metric, best first and marked; values rounded for reading
+    assert [row[0] for row in rows] == ["*", *table["trial_id"][1:]]
+    assert rows[0][1:] == [best["trial_id"], "TERMINATED", f"{best['loss']:.4g}", "8",
+                           f"{best['config/lr']:.4g}", str(best["config/steps_per_epoch"]),
+                           "8", "7"]
+    assert [row[-6] for row in rows[1:]] == [f"{v:.4g}" for v in table["loss"][1:]]
     assert lines[-3] == "4 trials: 4 terminated, 0 errored, 0 stopped"
-    assert [r["trial_id"] for r in rows] == list(table["trial_id"])
-    assert [r["trial_name"] for r in rows] == list(table["trial_name"])
-    assert [r["status"] for r in rows] == ["TERMINATED"] * 4
-    assert [r["best_checkpoint"] for r in rows] == list(table["best_checkpoint"])
-    assert [r["error"] for r in rows] == [""] * 4
-    assert [float(r["loss"]) for r in rows] == pytest.approx(list(table["loss"]), abs=5e-7)
     best_rows = (experiment / best["trial_name"] / "result.json").read_text().splitlines()
     assert lines[-2:] == [
         f"best trial: {best['trial_name']} with loss={json.loads(best_rows[-1])['loss']}",
         f"checkpoint: {best['best_checkpoint']}",
     ]
+    # narrower: the columns that fit, in their order; the rest are named
+    narrow = run_cli("show", str(experiment), api=prefect_server, columns=60).stdout
+    table_lines = narrow.splitlines()[:6]
+    assert max(map(len, table_lines)) <= 60
+    assert table_lines[0].split() == ["trial", "status", "loss", "iter", "lr", "epochs"]
+    assert table_lines[5].startswith("(not shown: steps_per_epoch, epoch; ")
     printed = run_cli("best", str(experiment), api=prefect_server)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == f"{best['best_checkpoint']}\n"
@@ -341,3 +349,22 @@ def test_show_of_a_storage_root_says_so_and_suggests_ls(
         f"prefect-tune: error: {root} is a storage root with 1 experiments ({experiment.name}),"
         f" not an experiment: list them with prefect-tune ls {root}, or pass one, "
         f"{root}/<name>")]
+
+
+@pytest.mark.parametrize("command", [["ls", "{root}"], ["show", "{exp}"], ["best", "{exp}"],
+                                     ["export", "{exp}", "--format", "json"]])
+def test_reading_commands_do_not_import_prefect(
+    command: list[str], experiment: Path
+) -> None:
+    """`ls`, `show`, `best` and `export` read storage only: they start without Prefect
+    (a second of imports), its server or the demo."""
+    args = [a.format(root=experiment.parent, exp=experiment) for a in command]
+    code = (f"import sys; sys.argv = ['prefect-tune', *{args!r}]\n"
+            "from prefect_tune.flows.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('\\n', sorted({m.split('.')[0] for m in sys.modules}"
+            " & {'prefect', 'optuna', 'mlflow', 'torch'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].strip() == "[]"

@@ -417,8 +417,8 @@ def test_cli_show_reads_a_relative_experiment_path(cli_experiment: Path) -> None
     assert done.returncode == 0, done.stderr
     table = pd.read_csv(cli_experiment / "results.csv")
     header = done.stdout.splitlines()[0].split()
-    assert header[:3] == ["trial_id", "trial_name", "status"]
-    assert all(name in done.stdout for name in table["trial_name"])
+    assert header[:2] == ["trial", "status"]
+    assert all(trial in done.stdout for trial in table["trial_id"])
     assert "TERMINATED" in done.stdout
 
 
