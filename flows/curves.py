@@ -16,7 +16,7 @@ from typing import Any, cast
 
 from prefect.artifacts import create_markdown_artifact
 
-from prefect_tune.flows.progress import short_value
+from prefect_tune.flows.table import cell
 from prefect_tune.storage import Callback, TrialOutcome, TrialSpec
 from prefect_tune.storage.ranking import Order, best_by, value_of
 from prefect_tune.storage.records import flatten
@@ -95,7 +95,7 @@ class CurveBoard(Callback):
         ]
         for trial in order[:MAX_ROWS]:
             points = drawn[trial]
-            config = ", ".join(f"{k}={short_value(v)}"
+            config = ", ".join(f"{k}={cell(v)}"
                                for k, v in flatten(self.trials[trial].config).items())
             lines.append(
                 f"| {self.trials[trial].trial_name} | {self.status[trial]} | "

@@ -15,27 +15,33 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any, cast
+from uuid import UUID
 
 from prefect import State, get_client, get_run_logger, tags
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
+from rich.console import Console
 
+from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.curves import CurveBoard
 from prefect_tune.flows.events import SweepEvents
+from prefect_tune.flows.live import LiveTable, is_interactive
 from prefect_tune.flows.pausing import Planner, planner_for
 from prefect_tune.flows.plan import Resume, SweepPlan, new_record, plan_trials
 from prefect_tune.flows.progress import ProgressReporter
 from prefect_tune.flows.resources import dask_resources, on_dask
-from prefect_tune.flows.results import Result, ResultGrid, metric_column
+from prefect_tune.flows.results import Result, ResultGrid, describe, metric_column
 from prefect_tune.flows.suggest import Suggestions, replay
 from prefect_tune.flows.watch import Watcher
 from prefect_tune.storage import (
     Callback,
+    CLIReporter,
     ConfigError,
     ExperimentBusy,
     ExperimentStore,
+    RunConfig,
     StorageError,
     TrialError,
     TrialOutcome,
@@ -47,6 +53,7 @@ from prefect_tune.storage.layout import PREFECT_RESULTS, new_trial_prefix
 from prefect_tune.storage.scratch import clean_scratch
 from prefect_tune.storage.state import ExperimentRecord
 from prefect_tune.tasks import bookkeeping
+from prefect_tune.tasks.cards import posting
 from prefect_tune.tasks.forkserver import close_workers
 from prefect_tune.tasks.plan import SchedulerRule, TrialPlan
 from prefect_tune.tasks.trial import TrialWork, run_trial
@@ -128,7 +135,7 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
         tensorboard=run.tensorboard, sync_config=run.sync_config,
         local_dir=cast(str | None, run.local_dir),  # a str after RunConfig's checks
         marker=store.mark(), resources=plan.resources, stop=stop,
-        scheduler=cast(SchedulerRule | None, scheduler),
+        scheduler=cast(SchedulerRule | None, scheduler), cards=tune.trial_cards,
     )
     planner = planner_for(scheduler, trials.work, store,
                           [spec.trial_id for spec in record.trials], source, trials.kept)
@@ -150,30 +157,25 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     )
     outcomes = {o.trial_id: o for o in trials.kept + trials.stopped}
     failed_fast = False
-    shown: list[Callback] = [SweepEvents(tune.metric, tune.mode)]
-    if run.progress is not None:
-        shown.append(ProgressReporter(tune.metric, tune.mode, run.progress, source.budget))
-    if tune.metric and tune.mode:
-        shown.append(CurveBoard(tune.metric, tune.mode))
-    watcher = Watcher(store, [*shown, *run.callbacks])
-    try:
-        for outcome in _run_window(plan, trial_task, trial_plan, planner, source, watcher):
-            outcomes[outcome.trial_id] = outcome
-            source.ended(outcome)
-            watcher.ended(outcome)
-            progress.advance(len(outcomes),
-                             lambda: _counts(outcomes.values(), watcher.running))
-            if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
-                    and not stop.is_set():
-                logger.error("fail_fast: trial %s failed; stopping the sweep",
-                             outcome.trial_name)
-                stop.set()
-                failed_fast = True
-    finally:
-        if deadline is not None:
-            deadline.cancel()
-        watcher.stop()
-        close_workers(trial_plan.sweep)  # those of other hosts (Dask) exit when idle
+    with _watching(store, run, tune, source.budget) as watcher:
+        try:
+            for outcome in _run_window(plan, trial_task, trial_plan, planner, source, watcher):
+                outcomes[outcome.trial_id] = outcome
+                source.ended(outcome)
+                watcher.ended(outcome)
+                progress.advance(len(outcomes),
+                                 lambda: _counts(outcomes.values(), watcher.running))
+                if run.failure_config.fail_fast and outcome.status is TrialStatus.ERROR \
+                        and not stop.is_set():
+                    logger.error("fail_fast: trial %s failed; stopping the sweep",
+                                 outcome.trial_name)
+                    stop.set()
+                    failed_fast = True
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            watcher.stop()
+            close_workers(trial_plan.sweep)  # those of other hosts (Dask) exit when idle
     if lost:
         raise lost[0]
     if failed_fast:  # what grid search had yet to start ends STOPPED, never started
@@ -194,25 +196,34 @@ def _sweep(plan: SweepPlan, store: ExperimentStore, stop: threading.Event,
     return grid
 
 
+@contextlib.contextmanager
+def _watching(store: ExperimentStore, run: RunConfig, tune: TuneConfig,
+              budget: int | None) -> Iterator[Watcher]:
+    """The sweep's watcher: it tells the sweep's own callbacks (events, progress, curves)
+    and the user's; a live table shows the progress on an interactive terminal, and a
+    background thread posts the trials' cards."""
+    shown: list[Callback] = [SweepEvents(tune.metric, tune.mode)]
+    table: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if run.progress is not None:
+        settings, console = cast(CLIReporter, run.progress), Console(stderr=True)
+        live = is_interactive(console) if settings.live is None else settings.live
+        reporter = ProgressReporter(tune.metric, tune.mode, settings, budget, live=live)
+        shown.append(reporter)
+        if live:
+            table = LiveTable(reporter, settings, console)
+    if tune.metric and tune.mode:
+        shown.append(CurveBoard(tune.metric, tune.mode))
+    cards = posting(UUID(str(flow_run.id))) if tune.trial_cards else contextlib.nullcontext()
+    with table, cards:
+        yield Watcher(store, [*shown, *run.callbacks])
+
+
 def _counts(outcomes: Iterable[TrialOutcome], running: int) -> str:
     """How many trials run, ended and paused: the progress artifact's description."""
     statuses = Counter(o.status for o in outcomes)
     return (f"{running} running, {statuses[TrialStatus.TERMINATED]} terminated, "
             f"{statuses[TrialStatus.ERROR]} errored, {statuses[TrialStatus.STOPPED]} stopped, "
             f"{statuses[TrialStatus.PAUSED]} paused")
-
-
-def describe(grid: ResultGrid) -> str:
-    """The trial counts of `grid` in words: "4 trials: 3 terminated, 1 errored, 0
-    stopped", then the paused ones and those a scheduler stopped early, if any."""
-    counts = {s: sum(r.status is s for r in grid) for s in TrialStatus}
-    paused, early = counts[TrialStatus.PAUSED], grid.num_stopped_early
-    return (
-        f"{len(grid)} trials: {counts[TrialStatus.TERMINATED]} terminated, "
-        f"{counts[TrialStatus.ERROR]} errored, {counts[TrialStatus.STOPPED]} stopped"
-        + (f", {paused} paused" if paused else "")
-        + (f" ({early} stopped early by the scheduler)" if early else "")
-    )
 
 
 def final_state(grid: ResultGrid, data: Any) -> State[Any]:

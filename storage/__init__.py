@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from prefect_tune.storage.callbacks import Callback
 from prefect_tune.storage.checkpoint import Checkpoint
-from prefect_tune.storage.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from prefect_tune.storage.config import (
+    CheckpointConfig,
+    CLIReporter,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from prefect_tune.storage.errors import (
     CheckpointError,
     ConfigError,
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from prefect_tune.storage.block import TuneStorage, storage_from_block
 
 __all__ = [
+    "CLIReporter",
     "Callback",
     "Checkpoint",
     "CheckpointConfig",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -124,6 +125,59 @@ def validate_experiment_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class CLIReporter:
+    """How a sweep shows its progress where it runs (Ray's `CLIReporter`).
+
+    On an interactive terminal: a live table, redrawn `refresh_per_second` times a second,
+    of trial counts by status, elapsed time, the best trial and the running and latest
+    trials with their metrics and config. Elsewhere (CI, a worker's log): a summary line
+    every `max_report_frequency` seconds. Either way, a line per finished trial in the
+    flow run's log (the terminal and the Prefect UI).
+
+    Args:
+        max_report_frequency: Seconds between two summary lines in the log (> 0).
+        refresh_per_second: Redraws of the live table a second (0.1 to 10).
+        metric_columns: Metrics in the table ("a/b" for nested); default: the sweep's
+            metric, or without one the first three a trial reports.
+        parameter_columns: Config keys in the table; default: all, as many as fit.
+        max_progress_rows: Trials in the table: the running ones, then those that ended
+            last.
+        live: The live table: None on an interactive terminal, True always, False never.
+    """
+
+    max_report_frequency: float = 10.0
+    refresh_per_second: float = 4.0
+    metric_columns: Sequence[str] | None = None
+    parameter_columns: Sequence[str] | None = None
+    max_progress_rows: int = 20
+    live: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("max_report_frequency", 0.0, math.inf),
+                                ("refresh_per_second", 0.1, 10.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not low <= value <= high or value == 0:
+                raise ConfigError(f"CLIReporter({name}={value!r}) is invalid: use a number "
+                                  f"{'> 0' if high == math.inf else f'from {low} to {high}'}")
+        for name in ("metric_columns", "parameter_columns"):
+            columns = getattr(self, name)
+            if columns is None:
+                continue
+            if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+                raise ConfigError(f"CLIReporter({name}={columns!r}) is invalid: use a list "
+                                  "of names")
+            object.__setattr__(self, name, tuple(columns))
+        if isinstance(self.max_progress_rows, bool) or not isinstance(
+                self.max_progress_rows, int) or self.max_progress_rows < 1:
+            raise ConfigError(f"CLIReporter(max_progress_rows={self.max_progress_rows!r}) "
+                              "is invalid: use a whole number >= 1")
+        if self.live not in (None, True, False):
+            raise ConfigError(f"CLIReporter(live={self.live!r}) is invalid: use None (on an "
+                              "interactive terminal), True or False")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Where and how an experiment is stored.
 
@@ -134,7 +188,8 @@ class RunConfig:
         storage_options: Keyword arguments for the fsspec filesystem (endpoint, keys).
             Never logged, repr'd or written to storage.
         storage_block: A saved Prefect block ("slug/name") or a block instance:
-            TuneStorage, RemoteFileSystem or LocalFileSystem.
+            TuneStorage, RemoteFileSystem, LocalFileSystem, or prefect-aws's S3Bucket
+            and prefect-gcp's GcsBucket with their credentials blocks.
         checkpoint_config: Which checkpoints to keep.
         failure_config: How failing trials are treated.
         stop: Ends each trial early: {"training_iteration": 10, "acc": 0.99} stops it
@@ -146,9 +201,10 @@ class RunConfig:
             `local_dir` and copied by a syncer command or function.
         local_dir: The staging directory of a syncer, on the machine each trial runs on;
             default: prefect-tune/staging in the user's cache directory.
-        progress: Seconds between the summaries of the sweep's progress in its log
-            (counts, the best trial, the running trials' latest metrics), besides a
-            line per finished trial; None: neither.
+        progress: How the sweep shows its progress: a `CLIReporter` (a live table on an
+            interactive terminal, else a summary line in the log every 10 s, and a line
+            per finished trial), or a number: the seconds between the summary lines;
+            None: nothing.
         callbacks: Tracking tools the sweep tells of each trial's start, results and
             end (`Callback` subclasses, such as MLflowLoggerCallback), in its process.
             Not stored with the experiment: pass them again to `Tuner.restore`.
@@ -164,7 +220,7 @@ class RunConfig:
     tensorboard: bool = True
     sync_config: SyncConfig = field(default_factory=SyncConfig)
     local_dir: str | os.PathLike[str] | None = None
-    progress: float | None = 10.0
+    progress: CLIReporter | float | None = field(default_factory=CLIReporter)
     callbacks: Sequence[Callback] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -197,16 +253,17 @@ class RunConfig:
             raise ConfigError("checkpoint_config must be a CheckpointConfig")
         if not isinstance(self.failure_config, FailureConfig):
             raise ConfigError("failure_config must be a FailureConfig")
-        if self.progress is not None and (isinstance(self.progress, bool) or not isinstance(
-                self.progress, int | float) or not self.progress > 0):
-            raise ConfigError(f"progress={self.progress!r} is invalid: use seconds between "
-                              "summaries (> 0), or None for none")
+        if self.progress is not None and not isinstance(self.progress, CLIReporter):
+            if isinstance(self.progress, bool) or not isinstance(self.progress, int | float) \
+                    or not self.progress > 0:
+                raise ConfigError(f"progress={self.progress!r} is invalid: use a CLIReporter, "
+                                  "seconds between summaries (> 0), or None for none")
+            object.__setattr__(self, "progress", CLIReporter(max_report_frequency=self.progress))
         object.__setattr__(self, "callbacks", tuple(self.callbacks))
         for callback in self.callbacks:
             if not isinstance(callback, Callback):
                 raise ConfigError(f"callbacks: {callback!r} is not a Callback; subclass "
                                   "prefect_tune.storage.Callback")
-
 
     @property
     def target(self) -> str | None:

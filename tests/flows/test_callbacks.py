@@ -16,6 +16,7 @@ import pytest
 from prefect_tune.flows import MLflowLoggerCallback, TuneConfig, Tuner, grid_search
 from prefect_tune.storage import (
     Callback,
+    CLIReporter,
     ConfigError,
     FailureConfig,
     RunConfig,
@@ -156,7 +157,8 @@ def test_the_sweep_logs_each_trial_end_and_a_summary_with_the_best_trial(
     grid = sweep(tmp_path, [Recorder()], "thread", progress=0.05)
     t0, t1 = (r.outcome.trial_name for r in grid)
     lines = [r.getMessage() for r in caplog.records if r.name == "prefect.flow_runs"]
-    best = f"best loss=2 ({t0}: i=0, seen={str(tmp_path / 'seen')[:40]})"
+    seen = str(tmp_path / "seen")  # a long value is cut to 24 characters
+    best = f"best loss=2 ({t0}: i=0, seen={seen[:23] + '…' if len(seen) > 24 else seen})"
 
     ends = [line for line in lines if line.startswith("trial ")]
     assert len(ends) == 2  # which ends first is up to the two trials' threads
@@ -192,7 +194,8 @@ def test_the_progress_log_keeps_the_best_trial_by_latest_value_as_values_come(
     from prefect_tune.storage.ranking import best_by
 
     monkeypatch.setattr(progress, "get_run_logger", lambda: None)
-    reporter = progress.ProgressReporter("loss", mode, every=float("inf"))
+    reporter = progress.ProgressReporter("loss", mode,
+                                         CLIReporter(max_report_frequency=float("inf")))
     draw = random.Random(7)
     for _ in range(3000):
         trial = f"t{draw.randrange(30)}"
