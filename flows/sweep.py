@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, cast
 
 from prefect import State, flow
 from prefect.runtime import deployment, flow_run
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from prefect_tune.flows.config import TuneConfig
 from prefect_tune.flows.engine import final_state, run_sweep
@@ -41,6 +41,18 @@ TrainablePath = Annotated[str, Field(
 )]
 Order = Literal["min", "max"]
 SearcherName = Literal["variants", "optuna"]
+
+
+def _trials(value: int) -> int:
+    if value == 0:
+        raise ValueError("0 trials: use 1 or more, or -1 to run until time_budget_s")
+    return value
+
+
+#: 1 or more, or -1; one integer field in the UI's run form, and 0 refused by the
+#: server's schema check as by pydantic.
+NumSamples = Annotated[int, Field(ge=-1, json_schema_extra={"not": {"const": 0}}),
+                       AfterValidator(_trials)]
 
 
 def load_trainable(path: str) -> Callable[[dict[str, Any]], Any]:
@@ -83,7 +95,7 @@ def _run_name() -> str:
 def sweep(
     trainable: TrainablePath,
     param_space: dict[str, Any] | None = None,
-    num_samples: Annotated[int, Field(ge=1)] | Literal[-1] = 1,
+    num_samples: NumSamples = 1,
     metric: str | None = None,
     mode: Order | None = None,
     max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None,
@@ -121,7 +133,8 @@ def sweep(
         name: The experiment's name (default: the deployment's or trainable's and the
             scheduled time).
         storage_path: Where experiments are stored: a path, file://, s3:// or gs://.
-        storage_block: The name of a saved storage block to use instead.
+        storage_block: A saved block to store the experiment in instead, such as
+            "tune-storage/NAME", "s3-bucket/NAME" or "gcs-bucket/NAME".
         num_to_keep: Checkpoints kept per trial, the best by the score (default: all).
         checkpoint_score_attribute: The metric that ranks a trial's checkpoints.
         checkpoint_score_order: "min" or "max" for the checkpoint score.

@@ -104,6 +104,7 @@ class TrialPlan:
         stop: Once set, the sweep's trials stop (fail_fast); never leaves this process.
         sweep: Names this run of the sweep (its warm workers are its own).
         scheduler: Decides at each report whether the trial goes on (None: it does).
+        cards: Each attempt puts a card on the trial's task run (`tasks/cards.py`).
     """
 
     trainable: Callable[[dict[str, Any]], Any]
@@ -121,6 +122,7 @@ class TrialPlan:
     stop: threading.Event = field(default_factory=threading.Event, compare=False)
     sweep: str = field(default_factory=lambda: uuid.uuid4().hex)
     scheduler: SchedulerRule | None = None
+    cards: bool = True
 
     def __getstate__(self) -> dict[str, Any]:
         """Everything but the stop event, which cannot leave this process: a plan sent to

@@ -26,6 +26,7 @@ from prefect_tune.storage import (
     TrialStatus,
     TrialStopped,
 )
+from prefect_tune.tasks.cards import post_card
 from prefect_tune.tasks.child import run_in_child
 from prefect_tune.tasks.devices import claim
 from prefect_tune.tasks.execute import execute
@@ -121,14 +122,18 @@ def run_trial(plan: TrialPlan, work: TrialWork) -> TrialOutcome:
             outcome = execute(plan, spec, attempt, logger, work.until)
     except TrialStopped:
         logger.warning("trial %s stopped: the sweep is stopping", spec.trial_name)
-        _stopped(store, _reached(plan, spec, attempt))
+        reached = _reached(plan, spec, attempt)
+        post_card(plan, spec, attempt, replace(reached, status=TrialStatus.STOPPED))
+        _stopped(store, reached)
     except TrialError as exc:
         limit = plan.max_failures
         last = not is_retryable(exc) or (limit >= 0 and run_count > limit)
         status = TrialStatus.ERROR if last else TrialStatus.RUNNING
         store.write_trial_state(replace(exc.outcome, status=status))
+        post_card(plan, spec, attempt, exc.outcome, retried=not last)
         raise
     store.write_trial_state(outcome)
+    post_card(plan, spec, attempt, outcome)
     return outcome
 
 

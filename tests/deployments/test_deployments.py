@@ -206,6 +206,10 @@ def test_the_ui_shows_the_trials_and_the_best_metric(deployed: Deployed, sweep_r
     artifact_page = render(f"{base}/v2/artifacts/artifact/{summary.id}")
     assert best_metric in artifact_page
     assert "e2e-on-demand" in artifact_page
+    # each trial's task run shows the card of its attempt
+    first = min(tasks, key=lambda t: t.name)
+    task_page = render(f"{base}/v2/runs/task-run/{first.id}?tab=Artifacts")
+    assert f"{first.name}, attempt 1: finished" in task_page
 
 
 def render(url: str) -> str:

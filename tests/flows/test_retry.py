@@ -122,3 +122,47 @@ def test_bad_metrics_are_not_retried(tmp_path: Path) -> None:
 
     assert log.calls() == [[1]]
     assert grid.num_errors == 1
+
+
+def test_each_attempt_leaves_a_card_on_the_trials_task_run(tmp_path: Path) -> None:
+    """The task run of a failed-then-retried trial shows both attempts: how each ended,
+    the config and the final metrics, without its logs."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterTaskRunId,
+        FlowRunFilter,
+        FlowRunFilterName,
+    )
+
+    def cards_of(name: str, trial_cards: bool) -> tuple[Any, Any, list[Any]]:
+        """Sweep experiment `name`; its flow run, its trial's task run and its cards."""
+        Tuner(FlakyTrainer(CallLog(str(tmp_path / name))),
+              param_space={"lr": 0.25, "net": {"width": 8}},
+              tune_config=TuneConfig(trial_cards=trial_cards),
+              run_config=RunConfig(name=name, storage_path=str(tmp_path / "runs"),
+                                   failure_config=FailureConfig(max_failures=2))).fit()
+        with get_client(sync_client=True) as client:
+            (run,) = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+            (task_run,) = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [run.id]}))
+            cards = client.read_artifacts(artifact_filter=ArtifactFilter(
+                task_run_id=ArtifactFilterTaskRunId(any_=[task_run.id])))
+        return run, task_run, sorted(cards, key=lambda card: (card.created, card.description))
+
+    run, task_run, cards = cards_of("cards", trial_cards=True)
+    trial = task_run.name
+    assert [c.description for c in cards] == [
+        f"{trial}, attempt 1: failed (RuntimeError: preempted at step 4); Prefect retries it",
+        f"{trial}, attempt 2: finished",
+    ]
+    failed, finished = (str(c.data) for c in cards)
+    assert failed.startswith(f"### {trial}: attempt 1 of up to 3, failed (RuntimeError: ")
+    assert "| lr | 0.25 |" in failed and "| net/width | 8 |" in failed
+    assert "| loss | 7.0 |" in failed and "Traceback" in failed  # its last result, its error
+    assert finished.startswith(f"### {trial}: attempt 2 of up to 3, finished\n")
+    assert "| loss | 4.0 |" in finished and "| training_iteration | 6 |" in finished
+    assert "Latest checkpoint: `checkpoint_000002`" in finished
+    assert all(c.type == "markdown" and c.flow_run_id == run.id for c in cards)
+    assert cards_of("no-cards", trial_cards=False)[2] == []
