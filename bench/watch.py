@@ -1,8 +1,11 @@
 """What watching a sweep costs: the standard workload (`common.Workload`, trials in
-processes) with the sweep's watcher (the thread that reads running trials' rows for the
-progress log, Prefect events and callbacks) against the same sweep with the watcher
-replaced by one that does nothing; each a whole process, interleaved run by run, on a
-running `prefect server start`. "sweep s" runs from `fit()` to the end of the sweep
+processes) as a sweep runs it by default ("watched": the watcher thread that reads
+running trials' rows for the progress log, Prefect events and callbacks, and a card on
+each trial's task run), with the live table drawn as on a terminal ("live": a
+120-column terminal console writing to /dev/null at 4 redraws a second), without the
+cards ("no cards"), against the same sweep with the watcher replaced by one that does
+nothing and no cards ("unwatched"); each a whole process, interleaved run by run, on a running
+`prefect server start`. "sweep s" runs from `fit()` to the end of the sweep
 inside its flow run; "fit s" to `fit()`'s return, which Prefect quantises to whole
 seconds (its flow-run heartbeat, see README.md).
 
@@ -30,11 +33,13 @@ from common import (
 )
 from sweep import run_tune
 
-VARIANTS = ("watched", "unwatched")
+VARIANTS = ("watched", "live", "no cards", "unwatched")
 
 
 class Unwatched:
     """A watcher that watches nothing."""
+
+    running = 0
 
     def __init__(self, *args: Any) -> None:
         pass
@@ -53,10 +58,23 @@ class Unwatched:
 
 
 def measure(variant: str, workload: Workload) -> None:
+    import contextlib
+    import os
+
+    from rich.console import Console
+
     from prefect_tune.flows import engine, tuner
+    from prefect_tune.tasks import trial
 
     if variant == "unwatched":
         engine.Watcher = Unwatched  # type: ignore[assignment, misc]
+    if variant in ("unwatched", "no cards"):
+        engine.posting = lambda flow_run: contextlib.nullcontext()  # type: ignore[assignment]
+        trial.post_card = lambda *args, **kwargs: None
+    if variant == "live":
+        terminal = open(os.devnull, "w")  # noqa: SIM115 - open for the whole process
+        engine.Console = lambda stderr: Console(  # type: ignore[assignment, misc]
+            file=terminal, force_terminal=True, width=120)
     ended: list[float] = []
     run_sweep = tuner.run_sweep
 
