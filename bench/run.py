@@ -27,6 +27,7 @@ FULL = {
     "search": [],
     "watch": [],
     "pause": [],
+    "cli": [],
 }
 QUICK = {
     "sweep": ["--runs", "1", "--api", "ephemeral", "--trials", "4", "--iterations", "3",
@@ -41,6 +42,7 @@ QUICK = {
     "search": ["--seeds", "1", "--trials", "12", "--variants", "optuna", "tune"],
     "watch": ["--runs", "1", "--trials", "4", "--iterations", "3"],
     "pause": ["--runs", "1"],
+    "cli": ["--runs", "1"],
 }
 
 
