@@ -27,6 +27,7 @@ from fsspec.registry import known_implementations
 from prefect_tune.storage.checkpoint import Checkpoint
 from prefect_tune.storage.errors import CheckpointError, ConfigError, StorageError
 from prefect_tune.storage.layout import MANIFEST, is_leftover, token
+from prefect_tune.storage.scratch import write_local_atomic
 
 _PROBE_BYTES = b"prefect-tune storage probe\n"
 #: Characters fsspec expands as glob patterns where it takes several paths.
@@ -338,28 +339,6 @@ class Storage:
                 f"storage {self.uri(directory)} is not usable: writing {self.uri(path)} "
                 f"failed: {_describe(exc)}{local or '. ' + _hint(exc)}"
             ) from exc
-
-
-def write_local_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to a temp file beside `path`, fsync it if `durable`, and rename it
-    over `path`."""
-    temp = f"{path}.tmp-{token()}"
-    try:
-        try:
-            handle = open(temp, "wb")  # noqa: SIM115 - closed by the with below
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            handle = open(temp, "wb")  # noqa: SIM115
-        with handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
 
 
 def resolve_storage(url: str, options: Mapping[str, Any] | None = None) -> Storage:

@@ -8,7 +8,9 @@
         <trainable>_<5 hex>_<00000>/          one per trial
             trial.json                        status, attempts, checkpoint records
             params.json  result.json  progress.csv  [error.txt]
+            [artifacts/]                      its working directory's files (sync_artifacts)
             checkpoint_000000/ ...            committed: holds .checkpoint.json
+                [.metadata.json]              the checkpoint's metadata, if set
             .checkpoint_000001.tmp-<hex>/     being written (never read as a checkpoint)
 
 >>> layout = ExperimentLayout("/data/exp")
@@ -53,6 +55,12 @@ MANIFEST = ".checkpoint.json"
 #: The file `Checkpoint.from_dict` stores its data in.
 DICT_FILE = "checkpoint.json"
 DICT_PICKLE_FILE = "checkpoint.pkl"
+#: The small JSON object `Checkpoint.set_metadata` stores in a checkpoint directory (Ray's
+#: name). Copied and committed like any other file of the checkpoint; the one file that
+#: may be replaced after commit (the manifest keeps the size it was committed with).
+METADATA_FILE = ".metadata.json"
+#: Where `SyncConfig(sync_artifacts=True)` copies a trial's working directory.
+ARTIFACTS_DIR = "artifacts"
 
 _CHECKPOINT = re.compile(r"^checkpoint_(\d{6,})$")
 _STAGING = re.compile(r"^\.checkpoint_(\d{6,})\.(?:tmp|deleting)-[0-9a-f]+$")
@@ -107,13 +115,24 @@ def token() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def _cache(kind: str) -> str:
+    """prefect-tune/<kind> in the user's cache directory."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache, "prefect-tune", kind)
+
+
 def staging_trial_dir(local_dir: str | None, experiment: str, trial_name: str) -> str:
     """Where a syncer's trial writes locally: `<local_dir>/<experiment>/<trial>`, with
     `local_dir` by default prefect-tune/staging in the user's cache directory."""
-    if local_dir is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        local_dir = os.path.join(cache, "prefect-tune", "staging")
-    return os.path.join(os.path.abspath(os.path.expanduser(local_dir)), experiment, trial_name)
+    root = _cache("staging") if local_dir is None else local_dir
+    return os.path.join(os.path.abspath(os.path.expanduser(root)), experiment, trial_name)
+
+
+def working_dir(experiment: str, trial_name: str) -> str:
+    """A trial's working directory on the machine it runs on (one per trial, kept
+    across its attempts there): prefect-tune/working/<experiment>/<trial> in the user's
+    cache directory."""
+    return os.path.join(_cache("working"), experiment, trial_name)
 
 
 @dataclass(frozen=True)

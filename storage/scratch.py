@@ -1,4 +1,5 @@
-"""Local temp directories, kept where a killed process's successor finds and removes them.
+"""Local temp directories, kept where a killed process's successor finds and removes them;
+and atomic writes of local files.
 
 Every temp directory prefect-tune makes lives under `<tmp>/prefect-tune-<uid>/<pid>/`.
 A process that dies (killed, out of memory) cannot remove its own; the next sweep
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+
+from prefect_tune.storage.layout import token
 
 
 def _root() -> str:
@@ -43,3 +46,32 @@ def running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_local_atomic(path: str, data: bytes, *, durable: bool = True,
+                       create_dirs: bool = True) -> None:
+    """Write `data` to a temp file beside `path`, fsync it if `durable`, and rename it
+    over `path`: readers see the old or the new content.
+
+    Raises:
+        FileNotFoundError: the directory of `path` does not exist, and not `create_dirs`.
+    """
+    temp = f"{path}.tmp-{token()}"
+    try:
+        try:
+            handle = open(temp, "wb")  # noqa: SIM115 - closed by the with below
+        except FileNotFoundError:
+            if not create_dirs:
+                raise
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            handle = open(temp, "wb")  # noqa: SIM115
+        with handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
