@@ -17,7 +17,14 @@ if TYPE_CHECKING:  # trials read records without pandas
     import pandas as pd
 
 #: Keys prefect-tune adds to every reported row; a trial may not report them itself.
-AUTO_KEYS = ("training_iteration", "trial_id", "timestamp", "checkpoint_dir_name")
+#: As in Ray Tune: `done` (False in every row; True in the last metrics of a trial that
+#: ended TERMINATED), `date` (local time, "%Y-%m-%d_%H-%M-%S"), `time_this_iter_s`
+#: (seconds since the previous report, or since the attempt began), `time_total_s`
+#: (across retries and resumes), `iterations_since_restore` (reports of this attempt,
+#: from 1), and `pid` and `hostname` of the process running the trainable.
+AUTO_KEYS = ("training_iteration", "trial_id", "timestamp", "checkpoint_dir_name", "done",
+             "date", "time_this_iter_s", "time_total_s", "iterations_since_restore", "pid",
+             "hostname")
 
 
 class TrialStatus(StrEnum):
@@ -65,6 +72,8 @@ class TrialOutcome:
     `checkpoints` holds the kept checkpoints in the order they were reported;
     `best_checkpoints` the kept best-N subset (without the protected latest);
     `stopped_early` why a scheduler ended the trial before its end (it is TERMINATED).
+    `last_metrics["done"]`, where the row has it, says whether the trial ended
+    TERMINATED (every row of result.json says False).
     """
 
     trial_id: str
@@ -79,6 +88,11 @@ class TrialOutcome:
     error: str | None = None
     attempts: int = 1
     stopped_early: str | None = None
+
+    def __post_init__(self) -> None:
+        done = self.status is TrialStatus.TERMINATED
+        if "done" in self.last_metrics and self.last_metrics["done"] is not done:
+            object.__setattr__(self, "last_metrics", {**self.last_metrics, "done": done})
 
     @property
     def latest_checkpoint(self) -> CheckpointRecord | None:

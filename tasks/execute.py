@@ -11,12 +11,15 @@ import asyncio
 import copy
 import inspect
 import logging
+import numbers
+import os
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from prefect_tune.storage import (
     ConfigError,
+    MetricError,
     TrialError,
     TrialOutcome,
     TrialSpec,
@@ -32,13 +35,15 @@ Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
 def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
-            until: float | None = None) -> TrialOutcome:
+            until: float | None = None, *, own_process: bool = False) -> TrialOutcome:
     """Run attempt `attempt` of trial `spec`: `plan.trainable(config)` (or drive a class
     trainable) until it returns, meets the stop condition, or (PAUSED) reaches `until` of
     its scheduler's time_attr.
 
     The attempt resumes from what the trial's directory holds: its latest committed and
     recorded checkpoint, with the result history cut back to it; a new trial starts fresh.
+    With `own_process` (the attempt's process is its own) it runs in the trial's working
+    directory.
 
     Raises:
         TrialError: the trainable or the trial's storage failed; the traceback was
@@ -49,6 +54,8 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
     session: TrialSession | None = None
     try:
         session = TrialSession(plan, spec, attempt, logger, trial.resume_point(), until)
+        if own_process:
+            os.chdir(session.workdir.path)
         restored = session.restored
         logger.info(
             "trial %s attempt %d %s: %s", spec.trial_name, attempt,
@@ -108,8 +115,15 @@ def execute(plan: TrialPlan, spec: TrialSpec, attempt: int, logger: Logger,
 
 def _run_function(trainable: Callable[[dict[str, Any]], Any], config: dict[str, Any],
                   session: TrialSession) -> None:
-    """Call a function trainable: a dict it returns is its last row; a generator's
-    yielded dicts are rows (Ray's older API); an `async def` runs in an event loop."""
+    """Call a function trainable: what it returns is its last row, and a generator's
+    yielded values are rows (Ray's older API); an `async def` runs in an event loop.
+
+    A dict is a row; a number (not a bool) is the row {"_metric": number}, as in Ray;
+    None is no row.
+
+    Raises:
+        MetricError: it returned or yielded anything else.
+    """
     returned = trainable(config)
     if inspect.isasyncgen(returned):
         raise ConfigError("the trainable returned an async generator: use a generator, or "
@@ -117,10 +131,35 @@ def _run_function(trainable: Callable[[dict[str, Any]], Any], config: dict[str, 
     if inspect.iscoroutine(returned):
         returned = asyncio.run(returned)
     if inspect.isgenerator(returned):
-        for row in returned:
-            session.report(cast(Mapping[str, Any], row), None)
-    elif isinstance(returned, Mapping):
-        session.report(returned, None)
+        for item in returned:
+            _report_output(item, "yielded", session)
+    else:
+        _report_output(returned, "returned", session)
+
+
+#: The metric a function trainable's returned or yielded number is recorded as (Ray's).
+DEFAULT_METRIC = "_metric"
+
+
+def _report_output(value: Any, how: str, session: TrialSession) -> None:
+    """Record what a function trainable returned or yielded (see `_run_function`)."""
+    if value is None:
+        return
+    if isinstance(value, Mapping):
+        session.report(value, None)
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        session.report({DEFAULT_METRIC: value}, None)
+    else:
+        raise MetricError(
+            f"the trainable {how} {type(value).__name__} {_short(value)}: return or yield "
+            f"a dict of metrics (one row), a number (recorded as {DEFAULT_METRIC!r}; a "
+            "tensor's with .item()) or None; put other values in a dict of metrics"
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
 
 
 def _quietly(action: Callable[[], None], logger: Logger) -> None:

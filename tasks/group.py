@@ -14,7 +14,7 @@ as the process that started them is gone, so none outlives its run.
 
 Protocol (frames, see `prefect_tune.tasks.process`): parent to rank on stdin, the
 `RankJob`, then one acknowledgement per step. Rank to parent: ("report", metrics, local
-checkpoint dir or None), ("done",) or ("error", traceback).
+checkpoint dir or None, (hostname, pid)), ("done",) or ("error", traceback).
 """
 
 from __future__ import annotations
@@ -78,8 +78,13 @@ class _Rank:
     messages: int  # the read end of its message pipe
 
 
-def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingConfig) -> None:
+def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingConfig,
+              start: Checkpoint | None = None) -> None:
     """Run `train_loop(config)` on `scaling.num_workers` ranks as the current trial.
+
+    Every rank's `get_checkpoint()` is the trial's latest committed checkpoint, else
+    `start` (read only: never recorded, kept or deleted as one of the trial's). Each
+    step's row is rank 0's metrics, with its pid and hostname.
 
     Raises:
         RankFailed: a rank raised (its traceback is in the message).
@@ -92,6 +97,10 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
         raise OutsideTrialError("a Trainer cannot run inside a worker of another Trainer")
     world = scaling.num_workers
     port = _free_port()
+    restored = session.restored or start
+    if session.restored is None and start is not None:
+        session.logger.info("trial %s: the ranks start from the given checkpoint %s",
+                            session.spec.trial_name, start.path)
     inbox: SimpleQueue[tuple[int, Message | None]] = SimpleQueue()
     with ExitStack() as stack:
         ranks: list[_Rank] = []
@@ -105,7 +114,7 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
                 new_session=True,
             )
             ranks.append(_Rank(number, process, pipe))
-            send(process.stdin, frame(RankJob(train_loop, config, session.restored, context)))
+            send(process.stdin, frame(RankJob(train_loop, config, restored, context)))
             threading.Thread(target=_receive, args=(ranks[-1], inbox), name="rank-messages",
                              daemon=True).start()
         ack = frame("ack")
@@ -129,7 +138,8 @@ def run_group(train_loop: TrainLoop, config: dict[str, Any], scaling: ScalingCon
                 has_checkpoint = keep and _merge([m[2] for m in messages], merged, step)
                 # Raises TrialDone once the stop condition holds: the ranks are killed.
                 session.report(messages[0][1],
-                               Checkpoint.from_directory(merged) if has_checkpoint else None)
+                               Checkpoint.from_directory(merged) if has_checkpoint else None,
+                               origin=messages[0][3])
             finally:
                 shutil.rmtree(merged, ignore_errors=True)
             for rank in ranks:
@@ -264,6 +274,7 @@ class RankSession:
         self.context = job.context
         self._out = out
         self._acks = acks
+        self._origin = (socket.gethostname(), os.getpid())
 
     def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
         if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
@@ -271,11 +282,11 @@ class RankSession:
                 f"report(checkpoint=...) got {type(checkpoint).__name__}; pass a Checkpoint"
             )
         if checkpoint is None:
-            self.send(("report", dict(metrics), None))
+            self.send(("report", dict(metrics), None, self._origin))
             self._acks.get()
             return
         with checkpoint.as_directory() as local:  # kept until the group has copied it
-            self.send(("report", dict(metrics), local))
+            self.send(("report", dict(metrics), local, self._origin))
             self._acks.get()
 
     def send(self, message: Message) -> None:

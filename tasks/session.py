@@ -8,6 +8,9 @@ checkpoint is committed, the row appended, then retention deletes what is no lon
 from __future__ import annotations
 
 import logging
+import math
+import os
+import socket
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -28,12 +31,15 @@ from prefect_tune.storage import (
 )
 from prefect_tune.storage.records import AUTO_KEYS, checkpoint_dir_name, flatten, to_json_value
 from prefect_tune.tasks.plan import SchedulerRule, TrialPlan
+from prefect_tune.tasks.workdir import WorkingDir
 
 
 @dataclass(frozen=True)
 class TrialContext:
-    """Who and where the running trial is; in a `Trainer`'s worker, which rank of how many
-    (`world_rank`, `world_size`, and `local_rank` on its machine)."""
+    """Who and where the running trial is; its local working directory (the cwd of a
+    trial in a process of its own, see `prefect_tune.tasks.workdir`); in a `Trainer`'s
+    worker, which rank of how many (`world_rank`, `world_size`, and `local_rank` on its
+    machine)."""
 
     trial_id: str
     trial_name: str
@@ -44,6 +50,7 @@ class TrialContext:
     world_rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    working_dir: str = ""
 
 
 class Session(Protocol):
@@ -66,8 +73,19 @@ class TrialPaused(BaseException):
     segment: it ends the trainable, to be resumed from its latest checkpoint."""
 
 
+#: Where a row was reported: the host name and process id of the process running the
+#: trainable (a `Trainer`'s rank 0).
+Origin = tuple[str, int]
+
+
 class TrialSession:
-    """The bookkeeping of one trial attempt: result rows, checkpoints, retention."""
+    """The bookkeeping of one trial attempt: result rows, checkpoints, retention.
+
+    Every row gets the AUTO_KEYS: `time_total_s` goes on from the row of the checkpoint
+    the attempt resumed from (rows after it are cut), `iterations_since_restore` counts
+    this attempt's reports from 1, and `pid` and `hostname` are this process's unless
+    `report(origin=...)` names another.
+    """
 
     def __init__(
         self, plan: TrialPlan, spec: TrialSpec, attempt: int,
@@ -79,6 +97,7 @@ class TrialSession:
         self.spec = spec
         self.logger = logger
         self.trial = plan.store.trial(spec.trial_name)
+        self.workdir = WorkingDir(plan.store.name, self.trial)
         self.context = TrialContext(
             trial_id=spec.trial_id,
             trial_name=spec.trial_name,
@@ -86,6 +105,7 @@ class TrialSession:
             experiment_name=plan.store.name,
             experiment_path=plan.store.path,
             attempt=attempt,
+            working_dir=self.workdir.path,
         )
         self.restored: Checkpoint | None = None
         self.records: list[CheckpointRecord] = []
@@ -111,15 +131,21 @@ class TrialSession:
             if rows:
                 self.iteration = int(rows[-1]["training_iteration"])
                 self.last_metrics = dict(rows[-1])
+        self.origin: Origin = (socket.gethostname(), os.getpid())
+        #: training_iteration when this attempt began, and time_total_s up to then.
+        self.restored_iteration = self.iteration
+        self.restored_time = _seconds(rows[-1].get("time_total_s")) if rows else 0.0
         self.staged = self.trial.stage(plan.sync_config, plan.local_dir, logger)
         self.log = self.trial.open_log(rows, staged=self.staged, tensorboard=plan.tensorboard)
         if self.staged is not None:
             self.staged.start()
+        self.started = self.last_report = time.monotonic()
 
-    def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
+    def report(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None, *,
+               origin: Origin | None = None) -> None:
         """`record` the row, then end the trial (TrialDone) if the stop condition holds
         or the scheduler says so."""
-        self.record(metrics, checkpoint)
+        self.record(metrics, checkpoint, origin=origin)
         if self._stops(self.last_metrics):
             raise TrialDone
         self.consult()
@@ -144,8 +170,8 @@ class TrialSession:
 
     def stop_reached(self, metrics: Mapping[str, Any]) -> bool:
         """Whether the stop condition holds for `metrics` as the next row."""
-        return self._stops({**metrics, "training_iteration": self.iteration + 1,
-                            "trial_id": self.spec.trial_id})
+        return self._stops({**metrics, **self._auto_fields(self.iteration + 1, None,
+                                                           time.monotonic(), None)})
 
     def _stops(self, row: Mapping[str, Any]) -> bool:
         condition = self.plan.stop_condition
@@ -166,8 +192,11 @@ class TrialSession:
                 return True
         return False
 
-    def record(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None) -> None:
-        """Write one result row and its checkpoint (committed, then retention applied)."""
+    def record(self, metrics: Mapping[str, Any], checkpoint: Checkpoint | None, *,
+               origin: Origin | None = None) -> None:
+        """Write one result row and its checkpoint (committed, then retention applied);
+        the row's `pid` and `hostname` are `origin`'s, if given."""
+        now = time.monotonic()  # the report's time: its checkpoint's upload is the next's
         if self.plan.stop.is_set():
             raise TrialStopped(f"trial {self.spec.trial_name} was stopped by the sweep")
         if self.staged is not None:
@@ -200,13 +229,8 @@ class TrialSession:
                 else:
                     self.trial.commit_checkpoint(index, local)
         self.iteration += 1
-        row = {
-            **clean,
-            "training_iteration": self.iteration,
-            "trial_id": self.spec.trial_id,
-            "timestamp": round(time.time(), 3),
-            "checkpoint_dir_name": dir_name,
-        }
+        row = {**clean, **self._auto_fields(self.iteration, dir_name, now, origin)}
+        self.last_report = now
         self.log.append(row, durable=persist)
         if persist and self.staged is not None:
             self.staged.sync()
@@ -215,8 +239,30 @@ class TrialSession:
         if persist:
             self.records.append(CheckpointRecord(self.next_index - 1, clean))
             self._retain()
+            sync = self.plan.sync_config
+            if sync.sync_artifacts and sync.sync_artifacts_on_checkpoint:
+                self.workdir.sync()
         elif self._unreclaimed:
             self._reclaim()
+
+    def _auto_fields(self, iteration: int, dir_name: str | None, now: float,
+                     origin: Origin | None) -> dict[str, Any]:
+        """The AUTO_KEYS of row `iteration` reported at `now` (time.monotonic())."""
+        wall = time.time()
+        hostname, pid = origin or self.origin
+        return {
+            "training_iteration": iteration,
+            "trial_id": self.spec.trial_id,
+            "timestamp": round(wall, 3),
+            "checkpoint_dir_name": dir_name,
+            "done": False,
+            "date": time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(wall)),
+            "time_this_iter_s": round(now - self.last_report, 6),
+            "time_total_s": round(self.restored_time + now - self.started, 6),
+            "iterations_since_restore": iteration - self.restored_iteration,
+            "pid": pid,
+            "hostname": hostname,
+        }
 
     def _clean(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(metrics, Mapping):
@@ -226,8 +272,11 @@ class TrialSession:
             if not isinstance(key, str):
                 raise MetricError(f"metric name {key!r} is not a string")
             if key in AUTO_KEYS:
+                ending = " (a trial ends when its trainable returns, or by RunConfig(stop=" \
+                    "...))" if key == "done" else ""
                 raise MetricError(
                     f"metric {key!r} is set by prefect-tune on every row; rename yours"
+                    f"{ending}. Reserved: {', '.join(AUTO_KEYS)}"
                 )
             clean[key] = to_json_value(value, f"metric {key!r}")
         return clean
@@ -262,8 +311,10 @@ class TrialSession:
             self._unreclaimed.discard(index)
 
     def close(self) -> None:
-        """Flush the result log, sync the staging directory a last time (and remove it),
-        and retry any failed deletes."""
+        """Copy the working directory (with `sync_artifacts`), flush the result log, sync
+        the staging directory a last time (and remove it), and retry any failed deletes."""
+        if self.plan.sync_config.sync_artifacts:
+            self.workdir.sync()
         self.log.close()
         if self.staged is not None:
             self.staged.close()
@@ -284,6 +335,14 @@ class TrialSession:
             attempts=self.context.attempt,
             stopped_early=self.stopped_early,
         )
+
+
+def _seconds(value: Any) -> float:
+    """A stored time_total_s; 0 for a row without one (written by an older version)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        return 0.0
+    return float(value)
 
 
 def _point(rule: SchedulerRule, row: Mapping[str, Any],

@@ -45,7 +45,9 @@ from ..faultproxy import FaultProxy
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 #: The keys prefect-tune sets on every row (README: "The names ... are reserved").
-RESERVED = ["training_iteration", "trial_id", "timestamp", "checkpoint_dir_name"]
+RESERVED = ["training_iteration", "trial_id", "timestamp", "checkpoint_dir_name", "done",
+            "date", "time_this_iter_s", "time_total_s", "iterations_since_restore", "pid",
+            "hostname"]
 
 
 def sweep(

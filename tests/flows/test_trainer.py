@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,22 @@ def test_ranks_report_together_and_their_files_merge(tmp_path: Path) -> None:
     calls = sorted(log.calls())
     assert [c[:5] for c in calls] == [[0, 2, 0, "0", "2"], [1, 2, 1, "1", "2"]]
     assert not any(alive(c[5]) for c in calls)
+
+
+def test_rows_carry_rank_0s_pid_and_the_run_fields(tmp_path: Path) -> None:
+    """As a trial's rows: pid and hostname of the process running the training loop
+    (rank 0's), time and iteration counters, done False in rows and True at the end."""
+    log = CallLog(str(tmp_path / "calls"))
+    result = Trainer(ranked, train_loop_config={"log": log.path, "steps": 3},
+                     scaling_config=TWO, run_config=run_config(tmp_path)).fit()
+    rank_pids = {c[0]: c[5] for c in log.calls()}
+    rows = [json.loads(line) for line in (Path(result.path) / "result.json").open()]
+    assert [r["pid"] for r in rows] == [rank_pids[0]] * 3 and rank_pids[0] != os.getpid()
+    assert {r["hostname"] for r in rows} == {socket.gethostname()}
+    assert [r["iterations_since_restore"] for r in rows] == [1, 2, 3]
+    assert [r["done"] for r in rows] == [False] * 3 and result.metrics["done"] is True
+    totals = [r["time_total_s"] for r in rows]
+    assert totals == sorted(totals) and all(r["time_this_iter_s"] > 0 for r in rows)
 
 
 def test_a_failing_rank_restarts_the_group_from_the_latest_checkpoint(tmp_path: Path) -> None:
