@@ -62,6 +62,10 @@ class SyncConfig:
             is killed; a function is abandoned, still running).
         sync_attempts: Tries per sync before the trial fails with SyncError.
         upload_dir: The older name of `RunConfig.storage_path`: where results go.
+        sync_artifacts: Copy the files a trial writes into its working directory
+            (`get_context().working_dir`, the process's cwd with process isolation) to
+            `<trial>/artifacts/` in storage: when the attempt ends, failed or not.
+        sync_artifacts_on_checkpoint: With `sync_artifacts`, also at each checkpoint.
     """
 
     syncer: Syncer | Literal["auto"] = "auto"
@@ -69,6 +73,8 @@ class SyncConfig:
     sync_timeout: float = 1800.0
     sync_attempts: int = 3
     upload_dir: str | None = None
+    sync_artifacts: bool = False
+    sync_artifacts_on_checkpoint: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.upload_dir, os.PathLike):
@@ -93,6 +99,9 @@ class SyncConfig:
         attempts = self.sync_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigError(f"sync_attempts={attempts!r} is invalid: use an integer >= 1")
+        for name in ("sync_artifacts", "sync_artifacts_on_checkpoint"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.upload_dir is not None and (not isinstance(self.upload_dir, str)
                                             or not self.upload_dir):
             raise ConfigError(f"upload_dir={self.upload_dir!r} must be a non-empty string")

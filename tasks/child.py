@@ -165,7 +165,7 @@ def serve(out: int | None = None) -> int:
                 attempt, (time.time() - begun) * 1000, how)
     reply: tuple[Any, ...]
     try:
-        reply = ("ok", execute(plan, spec, attempt, logger, until))
+        reply = ("ok", execute(plan, spec, attempt, logger, until, own_process=True))
     except TrialError as exc:
         reply = ("error", exc.outcome, _portable(exc.__cause__))
     write_frame(out, frame(reply))
