@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import cyclopts
 import pandas as pd
@@ -138,18 +138,27 @@ def best(
 ) -> None:
     """Print the URI of the best trial's best checkpoint (for scripts).
 
+    Without --metric and --mode: the trial best by the sweep's metric and mode, and its
+    checkpoint best by the sweep's checkpoint ranking. With either: the trial and its
+    kept checkpoint best by that metric and mode (NaN never wins).
+
     Args:
         experiment: The experiment directory: <storage_path>/<name>.
-        metric: Ranks trials; default: the sweep's metric.
+        metric: Ranks trials and checkpoints; default: the sweep's metric.
         mode: "min" or "max"; default: the sweep's mode.
     """
     found = open_experiment(experiment, _options(storage_options))
     _warn_missing(found)
     grid = found.grid()
     result = grid.get_best_result(metric, mode)
-    checkpoint = grid.best_checkpoint(result)
-    if checkpoint is None:
-        raise ConfigError(f"the best trial, {result.path}, kept no checkpoint")
+    if metric is None and mode is None:
+        checkpoint = grid.best_checkpoint(result)
+        if checkpoint is None:
+            raise ConfigError(f"the best trial, {result.path}, kept no checkpoint")
+    else:
+        tune = stored_configs(found.record)[0]
+        checkpoint = result.get_best_checkpoint(
+            cast(str, metric or tune.metric), cast(Literal["min", "max"], mode or tune.mode))
     print(checkpoint.path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,13 +15,15 @@ from prefect_tune.storage import (
     Checkpoint,
     ConfigError,
     ExperimentStore,
+    NoResultError,
     Ranking,
     TrialDir,
     TrialError,
     TrialOutcome,
     TrialStatus,
 )
-from prefect_tune.storage.ranking import best_by
+from prefect_tune.storage.layout import PROGRESS
+from prefect_tune.storage.ranking import best_by, value_of
 from prefect_tune.storage.records import AUTO_KEYS, flatten
 
 Scope = Literal["last", "avg", "all", "last-5-avg", "last-10-avg"]
@@ -91,14 +94,45 @@ class Result:
 
     @cached_property
     def metrics_dataframe(self) -> pd.DataFrame:
-        """Every reported row of the trial, read from its result.json."""
-        return pd.DataFrame([flatten(row) for row in self.trial.read_rows()])
+        """Every reported row of the trial, read from its result.json (nested metrics
+        flattened to "a/b" columns); from progress.csv when result.json is missing."""
+        rows = self.trial.read_rows()
+        if rows:
+            return pd.DataFrame([flatten(row) for row in rows])
+        try:
+            data = self.store.storage.read_bytes(self.trial.file(PROGRESS))
+        except FileNotFoundError:
+            return pd.DataFrame()
+        return pd.read_csv(io.BytesIO(data)) if data.strip() else pd.DataFrame()
+
+    def get_best_checkpoint(self, metric: str, mode: Literal["min", "max"]) -> Checkpoint:
+        """The kept checkpoint whose reported `metric` ("a/b" for nested) is best in
+        `mode`; checkpoints whose value is missing, NaN or infinite never win.
+
+        Raises:
+            ConfigError: `mode` is not "min" or "max".
+            NoResultError: the trial kept no checkpoint, or none with a usable value.
+        """
+        if mode not in ("min", "max"):
+            raise ConfigError(f"mode={mode!r} is invalid: use 'min' or 'max'")
+        kept = self.outcome.checkpoints
+        if not kept:
+            raise NoResultError(f"trial {self.outcome.trial_name} kept no checkpoint")
+        best = best_by(((value_of(r.metrics, metric), r) for r in kept), mode)
+        if best is None:
+            reported = sorted({k for r in kept for k in flatten(r.metrics)})
+            raise NoResultError(
+                f"no checkpoint of trial {self.outcome.trial_name} reported a usable value "
+                f"of {metric!r} (reported with its checkpoints: {reported})")
+        return self.trial.checkpoint(best.index)
 
     def __repr__(self) -> str:
-        return (
-            f"Result(trial={self.outcome.trial_name!r}, status={self.status.value}, "
-            f"metrics={self.metrics!r})"
-        )
+        """The trial, its status, the metrics it reported itself (not the fields
+        prefect-tune fills in), its latest checkpoint and its error."""
+        metrics = {k: v for k, v in self.metrics.items() if k not in AUTO_KEYS}
+        error = f", error={self.outcome.error_summary!r}" if self.error else ""
+        return (f"Result(trial={self.outcome.trial_name!r}, status={self.status.value}, "
+                f"metrics={metrics!r}, checkpoint={self.checkpoint!r}{error})")
 
 
 class ResultGrid:
@@ -154,13 +188,20 @@ class ResultGrid:
         self, metric: str | None = None, mode: str | None = None, scope: Scope = "last",
         filter_nan_and_inf: bool = True,
     ) -> Result:
-        """The trial that is best by `metric` (default: TuneConfig's) over `scope`.
+        """The trial that is best by `metric` (default: TuneConfig's) in `mode` over
+        `scope`: "last" (last value), "avg" (mean of all), "last-5-avg", "last-10-avg",
+        or "all" (best value ever reported). As in Ray, a grid of one trial returns it
+        when there is no metric to rank by.
 
-        scope: "last" (last value), "avg" (mean of all), "last-5-avg", "last-10-avg",
-        or "all" (best value ever reported).
+        Raises:
+            ConfigError: no metric or mode (in a grid of several trials), a bad scope.
+            NoResultError: no trial reported a usable value of `metric` (NaN and
+                infinities are none, unless `filter_nan_and_inf=False`).
         """
         metric = metric or self._metric
         mode = mode or self._mode
+        if not metric and len(self._results) == 1:
+            return self._results[0]
         if not metric or mode not in ("min", "max"):
             raise ConfigError(
                 f"get_best_result needs a metric and a mode of 'min' or 'max' (got "
@@ -173,10 +214,12 @@ class ResultGrid:
         best = best_by(((_scope_value(r, metric, mode, scope), r) for r in self._results),
                        cast(Literal["min", "max"], mode), finite_only=filter_nan_and_inf)
         if best is None:
-            raise ConfigError(
-                f"no trial reported a usable value of {metric!r}; check the metric name "
-                f"(reported: {sorted({k for r in self._results for k in flatten(r.metrics)})})"
-            )
+            nan = "are ignored: pass filter_nan_and_inf=False to rank them" \
+                if filter_nan_and_inf else "rank last"
+            reported = sorted({k for r in self._results for k in flatten(r.metrics)})
+            raise NoResultError(
+                f"no trial reported a usable value of {metric!r} (NaN and infinities "
+                f"{nan}); check the metric name (reported: {reported})")
         return best
 
     def summary(self) -> dict[str, Any]:
@@ -202,9 +245,11 @@ class ResultGrid:
     def best_or_none(self) -> Result | None:
         """The best trial by the sweep's metric and mode; None without them, or when no
         trial reported a usable value."""
+        if not self._metric or self._mode not in ("min", "max"):
+            return None
         try:
             return self.get_best_result()
-        except ConfigError:
+        except NoResultError:
             return None
 
     def best_checkpoint(self, result: Result) -> Checkpoint | None:
@@ -212,17 +257,34 @@ class ResultGrid:
         best = self._ranking.best_checkpoint(result.outcome.checkpoints)
         return result.trial.checkpoint(best.index) if best else None
 
-    def get_dataframe(self) -> pd.DataFrame:
+    def get_dataframe(self, filter_metric: str | None = None,
+                      filter_mode: Literal["min", "max"] | None = None) -> pd.DataFrame:
         """The trial table, one row per trial, as results.csv, the results artifact and
         `prefect-tune export` have it: trial_id, trial_name, status, config/..., the last
         metrics (and training_iteration), best_score, num_checkpoints, best_checkpoint
         (its URI), stopped_early (why a scheduler stopped it) and error (the exception
-        line)."""
+        line). With `filter_metric` and `filter_mode` (as Ray's), each trial's metrics are
+        those of its row that is best by that metric (NaN and infinities never win; a
+        trial without a usable value keeps its last row); this reads every result.json.
+
+        Raises:
+            ConfigError: only one of `filter_metric` and `filter_mode`, or a bad mode.
+        """
+        if (filter_metric is None) != (filter_mode is None) or \
+                filter_mode not in (None, "min", "max"):
+            raise ConfigError(
+                f"get_dataframe(filter_metric={filter_metric!r}, filter_mode="
+                f"{filter_mode!r}): give both, with a mode of 'min' or 'max', or neither")
         rows = []
         for result in self._results:
             outcome = result.outcome
             best = self.best_checkpoint(result)
-            metrics = {k: v for k, v in flatten(outcome.last_metrics).items()
+            shown = outcome.last_metrics
+            if filter_metric is not None:
+                shown = best_by(((value_of(row, filter_metric), row)
+                                 for row in result.trial.read_rows()),
+                                cast(Literal["min", "max"], filter_mode)) or shown
+            metrics = {k: v for k, v in flatten(shown).items()
                        if k not in AUTO_KEYS or k == "training_iteration"}
             rows.append({
                 "trial_id": outcome.trial_id,

@@ -40,6 +40,11 @@ class CheckpointError(SweepError, ValueError):
     """A checkpoint cannot be created, read or converted."""
 
 
+class NoResultError(SweepError, RuntimeError):
+    """A best result or checkpoint was asked for, and none qualifies: no trial (or kept
+    checkpoint) reported a usable value of the metric. A RuntimeError, as Ray's."""
+
+
 class OutsideTrialError(SweepError, RuntimeError):
     """A trial-side call (`report`, `get_checkpoint`, `get_context`) ran outside a trial."""
 

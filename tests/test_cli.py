@@ -159,12 +159,23 @@ def test_show_and_best_name_the_best_checkpoint(experiment: Path, prefect_server
     printed = run_cli("best", str(experiment), api=prefect_server)
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout == f"{best['best_checkpoint']}\n"
-    # --mode max: the worst trial by loss, and its best checkpoint (lowest loss) in it
+    # --mode max: the worst trial by loss, and its kept checkpoint with the highest loss
     worst = table.loc[table["loss"].idxmax()]
+    kept = json.loads((experiment / worst["trial_name"] / "trial.json").read_text())
+    highest = max(kept["checkpoints"], key=lambda c: c["metrics"]["loss"])["index"]
     inverted = run_cli("best", str(experiment), "--mode", "max", api=prefect_server)
     assert inverted.returncode == 0, inverted.stderr
-    assert inverted.stdout == f"{worst['best_checkpoint']}\n"
-    assert worst["best_checkpoint"].startswith(f"{experiment / worst['trial_name']}/")
+    assert inverted.stdout == \
+        f"{experiment / worst['trial_name']}/checkpoint_{highest:06d}\n"
+    # --metric epoch --mode min: ranked by another metric, trials and checkpoints alike
+    # (every trial ends at the same epoch: the first of equals wins)
+    first = pd.read_csv(experiment / "results.csv")["trial_name"][0]
+    kept = json.loads((experiment / first / "trial.json").read_text())
+    earliest = min(kept["checkpoints"], key=lambda c: c["metrics"]["epoch"])["index"]
+    by_epoch = run_cli("best", str(experiment), "--metric", "epoch", "--mode", "min",
+                       api=prefect_server)
+    assert by_epoch.returncode == 0, by_epoch.stderr
+    assert by_epoch.stdout == f"{experiment / first}/checkpoint_{earliest:06d}\n"
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
