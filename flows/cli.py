@@ -15,7 +15,6 @@ from rich.progress import track
 
 # Only what reading an experiment needs: `ls`, `show`, `best` and `export` start without
 # importing Prefect; `demo` and `restore` import it when they run.
-from prefect_tune.flows.config import stored_configs
 from prefect_tune.flows.experiments import (
     Experiment,
     list_experiments,
@@ -118,8 +117,7 @@ def show(experiment: str, /, *, storage_options: Options = None) -> None:
     _warn_missing(found)
     grid = found.grid()
     width = shutil.get_terminal_size((100, 24)).columns
-    tune = stored_configs(found.record)[0]
-    for line in trial_table(grid, tune.metric, tune.mode, width):
+    for line in trial_table(grid, width):
         print(line)
     for error in grid:
         if error.outcome.error_summary:
@@ -156,9 +154,8 @@ def best(
         if checkpoint is None:
             raise ConfigError(f"the best trial, {result.path}, kept no checkpoint")
     else:
-        tune = stored_configs(found.record)[0]
         checkpoint = result.get_best_checkpoint(
-            cast(str, metric or tune.metric), cast(Literal["min", "max"], mode or tune.mode))
+            cast(str, metric or grid.metric), cast(Literal["min", "max"], mode or grid.mode))
     print(checkpoint.path)
 
 

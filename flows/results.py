@@ -136,7 +136,8 @@ class Result:
 
 
 class ResultGrid:
-    """The results of every trial of one sweep, in trial order."""
+    """The results of every trial of one sweep, in trial order; `metric` and `mode` are
+    the sweep's (what `get_best_result` ranks by when given none)."""
 
     def __init__(
         self, results: Sequence[Result], experiment_path: str,
@@ -146,8 +147,8 @@ class ResultGrid:
         """`ranking`: what ranks each trial's checkpoints (default: recency)."""
         self._results = list(results)
         self.experiment_path = experiment_path
-        self._metric = metric
-        self._mode = mode
+        self.metric = metric
+        self.mode = mode
         self._ranking = ranking or Ranking()
 
     def __len__(self) -> int:
@@ -198,8 +199,8 @@ class ResultGrid:
             NoResultError: no trial reported a usable value of `metric` (NaN and
                 infinities are none, unless `filter_nan_and_inf=False`).
         """
-        metric = metric or self._metric
-        mode = mode or self._mode
+        metric = metric or self.metric
+        mode = mode or self.mode
         if not metric and len(self._results) == 1:
             return self._results[0]
         if not metric or mode not in ("min", "max"):
@@ -236,8 +237,8 @@ class ResultGrid:
         out["best"] = {
             "trial": best.outcome.trial_name,
             "config": best.config,
-            "metric": self._metric,
-            "value": flatten(best.metrics).get(cast(str, self._metric)),
+            "metric": self.metric,
+            "value": flatten(best.metrics).get(cast(str, self.metric)),
             "checkpoint": checkpoint.path if checkpoint else None,
         }
         return out
@@ -245,7 +246,7 @@ class ResultGrid:
     def best_or_none(self) -> Result | None:
         """The best trial by the sweep's metric and mode; None without them, or when no
         trial reported a usable value."""
-        if not self._metric or self._mode not in ("min", "max"):
+        if not self.metric or self.mode not in ("min", "max"):
             return None
         try:
             return self.get_best_result()

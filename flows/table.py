@@ -58,12 +58,12 @@ def fit(columns: Sequence[Column], width: int, keep: int) -> tuple[list[str], li
     return lines, left_out
 
 
-def trial_table(grid: ResultGrid, metric: str | None, mode: str | None,
-                width: int) -> list[str]:
-    """`grid`'s trials as lines no wider than `width`: sorted by `metric` (its latest
-    value, as `get_best_result` ranks) in `mode` with the best one marked "*", then
-    status, iteration, config and the other metrics while they fit; a last line names
-    the columns left out."""
+def trial_table(grid: ResultGrid, width: int) -> list[str]:
+    """`grid`'s trials as lines no wider than `width`: sorted by the sweep's metric (its
+    latest value, as `get_best_result` ranks) with the best one marked "*", then status,
+    iteration, config and the other metrics while they fit; a last line names the
+    columns left out."""
+    metric, mode = grid.metric, grid.mode
     results = list(grid)
     ranked = bool(metric) and mode in ("min", "max")
     if ranked:

@@ -130,8 +130,8 @@ def staging_trial_dir(local_dir: str | None, experiment: str, trial_name: str) -
 
 def working_dir(experiment: str, trial_name: str) -> str:
     """A trial's working directory on the machine it runs on (one per trial, kept
-    across its attempts there): prefect-tune/working/<experiment>/<trial> in the user's
-    cache directory."""
+    across its attempts there while it holds files): prefect-tune/working/<experiment>/
+    <trial> in the user's cache directory."""
     return os.path.join(_cache("working"), experiment, trial_name)
 
 

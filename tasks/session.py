@@ -311,10 +311,12 @@ class TrialSession:
             self._unreclaimed.discard(index)
 
     def close(self) -> None:
-        """Copy the working directory (with `sync_artifacts`), flush the result log, sync
-        the staging directory a last time (and remove it), and retry any failed deletes."""
+        """Copy the working directory (with `sync_artifacts`; an empty one is removed),
+        flush the result log, sync the staging directory a last time (and remove it), and
+        retry any failed deletes."""
         if self.plan.sync_config.sync_artifacts:
             self.workdir.sync()
+        self.workdir.close()
         self.log.close()
         if self.staged is not None:
             self.staged.close()

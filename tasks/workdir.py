@@ -19,7 +19,7 @@ from prefect_tune.storage.layout import ARTIFACTS_DIR, working_dir
 
 class WorkingDir:
     """The working directory of `trial` in `experiment` (created if missing); `sync()`
-    copies it to storage."""
+    copies it to storage, `close()` removes it if the trial left nothing in it."""
 
     def __init__(self, experiment: str, trial: TrialDir) -> None:
         self.trial = trial
@@ -46,3 +46,11 @@ class WorkingDir:
                 self.trial.storage.write_bytes(
                     self.trial.file(f"{ARTIFACTS_DIR}/{relative}"), data, durable=False)
                 self._sent[relative] = (stat.st_size, stat.st_mtime_ns)
+
+    def close(self) -> None:
+        """Remove the directory if the trial left nothing in it. (Its experiment's
+        directory stays: another trial may be creating its own in it.)"""
+        try:
+            os.rmdir(self.path)
+        except OSError:  # not empty, or gone: nothing to do
+            pass

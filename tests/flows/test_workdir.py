@@ -115,3 +115,14 @@ def test_without_sync_artifacts_nothing_is_copied(tmp_path: Path) -> None:
     assert not Path(result.path, "artifacts").exists()
     with pytest.raises(ConfigError, match="sync_artifacts='yes' must be True or False"):
         SyncConfig(sync_artifacts="yes")  # type: ignore[arg-type]
+
+
+def test_a_trial_that_writes_no_files_leaves_no_working_dir(tmp_path: Path) -> None:
+    def quiet(config: dict[str, Any]) -> None:
+        report({"working_dir": get_context().working_dir})
+
+    (result,) = Tuner(quiet, run_config=RunConfig(name="quiet",
+                                                  storage_path=str(tmp_path))).fit()
+
+    assert result.metrics["working_dir"].endswith(f"/quiet/{result.outcome.trial_name}")
+    assert not Path(result.metrics["working_dir"]).exists()
